@@ -1,0 +1,382 @@
+"""The configuration schema: what an operator may write in watchdog.toml.
+
+Every section forbids unknown keys, so a typo is an error rather than a
+setting silently ignored. Durations are written as text ("30s") and held as
+float seconds. Secrets are held as :class:`SecretRef` (where to read them),
+never as values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from watchdog.config.durations import format_duration, parse_duration
+from watchdog.config.secrets import SecretRef
+
+SERVER_KINDS = ("ollama", "vllm", "llamacpp", "openai")
+ServerKind = Literal["ollama", "vllm", "llamacpp", "openai"]
+FINDINGS = (
+    "hang",
+    "down",
+    "failed_unload",
+    "memory_growth",
+    "fragmentation",
+    "oom",
+    "degraded",
+    "gpu_fault",
+)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _duration(value: object) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise PydanticCustomError("duration", "{detail}", {"detail": str(exc)}) from None
+
+
+def _secret(value: object) -> SecretRef:
+    if isinstance(value, SecretRef):
+        return value
+    try:
+        return SecretRef.parse(value)
+    except ValueError as exc:
+        raise PydanticCustomError("secret_ref", "{detail}", {"detail": str(exc)}) from None
+
+
+Duration = Annotated[
+    float, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str, when_used="json")
+]
+Secret = Annotated[SecretRef, BeforeValidator(_secret), PlainSerializer(str, return_type=str, when_used="json")]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+def _gpus(value: object) -> object:
+    if value == "auto":
+        return value
+    if isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+        return sorted(set(value))
+    raise PydanticCustomError(
+        "gpus", 'expected "auto" or a list of GPU indexes like [0, 1], got {got}', {"got": repr(value)}
+    )
+
+
+GpuSelection = Annotated[Union[Literal["auto"], list[int]], BeforeValidator(_gpus)]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class WatchdogSettings(Section):
+    """Global settings: where state lives, how it logs, default sampling cadence."""
+
+    state_dir: str = "/var/lib/inference-watchdog"
+    log_format: Literal["auto", "text", "json"] = "auto"
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    host: str = ""
+    control_socket: str = "/run/inference-watchdog/control.sock"
+    control_group: str = ""
+    gpu_backend: Literal["auto", "nvml", "sim", "none"] = "auto"
+    sim_gpu_dir: str = ""
+    gpu_interval: Duration = 2.0
+    poll_interval: Duration = 5.0
+    process_interval: Duration = 5.0
+    recorder_window: Duration = 900.0
+    incident_context: Duration = 300.0
+
+    @model_validator(mode="after")
+    def _sim_needs_dir(self) -> "WatchdogSettings":
+        if self.gpu_backend == "sim" and not self.sim_gpu_dir:
+            raise PydanticCustomError(
+                "sim_dir", 'gpu_backend = "sim" needs sim_gpu_dir (where the simulators write their GPUs)'
+            )
+        return self
+
+
+class CanarySettings(Section):
+    """A tiny prompt sent now and then to prove the server still generates."""
+
+    enabled: bool = True
+    models: list[str] = Field(default_factory=list)
+    prompt: str = "Reply with the single word OK."
+    max_tokens: int = Field(default=4, ge=1, le=512)
+    interval: Duration = 30.0
+    confirm_interval: Duration = 5.0
+    connect_timeout: Duration = 3.0
+    first_token_timeout: Duration = 10.0
+    stall_timeout: Duration = 10.0
+    timeout: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _deadlines_fit(self) -> "CanarySettings":
+        if self.timeout < self.first_token_timeout:
+            raise PydanticCustomError(
+                "deadlines", "timeout (the total deadline) must be at least first_token_timeout"
+            )
+        return self
+
+
+class RestartSettings(Section):
+    """How the watchdog may restart a server (used by the policy when it acts)."""
+
+    method: Literal["auto", "docker", "systemd", "command", "none"] = "auto"
+    command: list[str] = Field(default_factory=list)
+    timeout: Duration = 120.0
+
+
+class DetectSettings(Section):
+    """Detector thresholds. Defaults work for Ollama, vLLM and llama.cpp untuned."""
+
+    stall_after: Duration = 15.0
+    busy_stall_after: Duration = 300.0
+    canary_failures: int = Field(default=2, ge=1, le=10)
+    idle_util_percent: Percent = 10.0
+    busy_cpu_percent: float = Field(default=50.0, ge=0)
+    down_after: Duration = 15.0
+    startup_grace: Duration = 600.0
+    unload_grace: Duration = 15.0
+    unload_release_fraction: float = Field(default=0.5, gt=0, le=1)
+    growth_min_mib: int = Field(default=1024, ge=1)
+    growth_fraction: float = Field(default=0.10, ge=0)
+    growth_window: Duration = 600.0
+    degraded_factor: float = Field(default=4.0, gt=1)
+    degraded_canaries: int = Field(default=3, ge=1)
+    oom_clear_after: Duration = 600.0
+    ignore_xids: list[int] = Field(default_factory=list)
+
+
+class DetectOverrides(Section):
+    """Per-target overrides of [detect]; a key left out takes the global value."""
+
+    stall_after: Duration | None = None
+    busy_stall_after: Duration | None = None
+    canary_failures: int | None = Field(default=None, ge=1, le=10)
+    idle_util_percent: Percent | None = None
+    busy_cpu_percent: float | None = Field(default=None, ge=0)
+    down_after: Duration | None = None
+    startup_grace: Duration | None = None
+    unload_grace: Duration | None = None
+    unload_release_fraction: float | None = Field(default=None, gt=0, le=1)
+    growth_min_mib: int | None = Field(default=None, ge=1)
+    growth_fraction: float | None = Field(default=None, ge=0)
+    growth_window: Duration | None = None
+    degraded_factor: float | None = Field(default=None, gt=1)
+    degraded_canaries: int | None = Field(default=None, ge=1)
+    oom_clear_after: Duration | None = None
+    ignore_xids: list[int] | None = None
+
+    def apply_to(self, base: DetectSettings) -> DetectSettings:
+        changes = {k: v for k, v in self.model_dump().items() if v is not None}
+        return base.model_copy(update=changes)
+
+
+class TargetSettings(Section):
+    """One supervised inference server."""
+
+    name: str
+    kind: ServerKind
+    url: str
+    enabled: bool = True
+    api_key: Secret | None = None
+    gpus: GpuSelection = "auto"
+    container: str = ""
+    unit: str = ""
+    log_file: str = ""
+    process_match: str = ""
+    poll_interval: Duration | None = None
+    process_interval: Duration | None = None
+    request_timeout: Duration = 5.0
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    restart: RestartSettings = Field(default_factory=RestartSettings)
+    detect: DetectOverrides = Field(default_factory=DetectOverrides)
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise PydanticCustomError(
+                "target_name",
+                "expected a name of letters, digits, '.', '_' or '-' (at most 63), got {got}",
+                {"got": repr(value)},
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PydanticCustomError(
+                "http_url",
+                'expected an http(s) URL like "http://127.0.0.1:11434", got {got}',
+                {"got": repr(value)},
+            )
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise PydanticCustomError("http_url", "the port in {got} is not a number", {"got": repr(value)}) from None
+        return value.strip().rstrip("/")
+
+    @field_validator("process_match")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise PydanticCustomError(
+                "regex", "expected a regular expression: {detail}", {"detail": str(exc)}
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _restartable(self, info: ValidationInfo) -> "TargetSettings":
+        restarts_enabled = bool((info.context or {}).get("restarts_enabled", True))
+        if self.restart.method == "command" and not self.restart.command:
+            raise PydanticCustomError(
+                "restart", 'restart.method = "command" needs restart.command (a list of words)'
+            )
+        if self.restart.method == "docker" and not self.container:
+            raise PydanticCustomError("restart", 'restart.method = "docker" needs container')
+        if self.restart.method == "systemd" and not self.unit:
+            raise PydanticCustomError("restart", 'restart.method = "systemd" needs unit')
+        if restarts_enabled and self.enabled and self.restart_method() == "none" and self.restart.method == "auto":
+            raise PydanticCustomError(
+                "restart",
+                "no way to restart this target while policy.mode is \"act\": set container, unit "
+                'or restart.command, or say restart.method = "none"',
+            )
+        return self
+
+    def restart_method(self) -> str:
+        """The restart method after resolving "auto"."""
+        method = self.restart.method
+        if method != "auto":
+            return method
+        if self.container:
+            return "docker"
+        if self.unit:
+            return "systemd"
+        if self.restart.command:
+            return "command"
+        return "none"
+
+
+class PolicySettings(Section):
+    """When to act, and how much, before handing over to a human."""
+
+    mode: Literal["act", "observe"] = "act"
+    max_restarts: int = Field(default=3, ge=0)
+    restart_window: Duration = 3600.0
+    cooldown: Duration = 120.0
+
+
+class _AlertBase(Section):
+    name: str
+    min_severity: Literal["warning", "critical"] = "warning"
+
+
+class SlackAlert(_AlertBase):
+    kind: Literal["slack"]
+    webhook_url: Secret
+
+
+class WebhookAlert(_AlertBase):
+    kind: Literal["webhook"]
+    url: Secret
+    headers: dict[str, Secret] = Field(default_factory=dict)
+
+
+class EmailAlert(_AlertBase):
+    kind: Literal["email"]
+    smtp_host: str
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    username: str = ""
+    password: Secret | None = None
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+
+
+AlertSink = Annotated[Union[SlackAlert, WebhookAlert, EmailAlert], Field(discriminator="kind")]
+
+
+class PrometheusSettings(Section):
+    enabled: bool = False
+    listen: str = "127.0.0.1:9817"
+
+
+class CloudWatchSettings(Section):
+    enabled: bool = False
+    namespace: str = "InferenceWatchdog"
+    region: str = ""
+    interval: Duration = 60.0
+    endpoint_url: str = ""
+
+
+class MetricsSettings(Section):
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    cloudwatch: CloudWatchSettings = Field(default_factory=CloudWatchSettings)
+
+
+class DebugSettings(Section):
+    """Hooks for tests of the watchdog itself. Leave off in production."""
+
+    allow_wedge: bool = False
+
+
+class Config(Section):
+    """The whole file."""
+
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
+    detect: DetectSettings = Field(default_factory=DetectSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    targets: list[TargetSettings] = Field(default_factory=list)
+    alerts: list[AlertSink] = Field(default_factory=list)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    debug: DebugSettings = Field(default_factory=DebugSettings)
+
+    def target(self, name: str) -> TargetSettings:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise KeyError(name)
+
+    def detect_for(self, target: TargetSettings) -> DetectSettings:
+        """The thresholds that apply to one target: globals with its overrides."""
+        return target.detect.apply_to(self.detect)
+
+    def intervals_for(self, target: TargetSettings) -> dict[str, float]:
+        w = self.watchdog
+        return {
+            "poll": target.poll_interval or w.poll_interval,
+            "process": target.process_interval or w.process_interval,
+            "canary": target.canary.interval,
+            "gpu": w.gpu_interval,
+        }
+
+
+def model_keys(model: type[BaseModel]) -> list[str]:
+    """The keys a section accepts, for "did you mean" suggestions."""
+    return list(model.model_fields)
+
+
+def dump_public(config: Config) -> dict[str, Any]:
+    """The config as plain data, secrets shown as their references only."""
+    return config.model_dump(mode="json")

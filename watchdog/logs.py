@@ -1,0 +1,112 @@
+"""Logging: the one place that configures loguru.
+
+Readable lines on a terminal; JSON lines for journald (``--log-format json``,
+or ``auto`` when stderr is not a terminal but the journal). :class:`LogOnce`
+keeps a recurring problem (a missing GPU driver, a server that answers
+garbage) to one line when it starts and one when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from datetime import datetime, timezone
+from typing import Any, Literal, TextIO
+
+from loguru import logger
+
+LogFormat = Literal["auto", "text", "json"]
+_TEXT_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>{extra[component]}</cyan> {message}"
+)
+
+
+def resolve_format(fmt: LogFormat, stream: TextIO | None = None) -> Literal["text", "json"]:
+    if fmt != "auto":
+        return fmt
+    stream = stream or sys.stderr
+    if os.environ.get("JOURNAL_STREAM") and not _isatty(stream):
+        return "json"
+    return "text"
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def setup_logging(fmt: LogFormat = "auto", level: str = "INFO", stream: TextIO | None = None) -> None:
+    """(Re)configure logging for the whole process."""
+    stream = stream or sys.stderr
+    logger.remove()
+    logger.configure(extra={"component": "watchdog"})
+    if resolve_format(fmt, stream) == "json":
+        logger.add(_JsonSink(stream), level=level, format="{message}", backtrace=False, diagnose=False)
+    else:
+        logger.add(stream, level=level, format=_TEXT_FORMAT, colorize=_isatty(stream),
+                   backtrace=False, diagnose=False)
+
+
+class _JsonSink:
+    """One JSON object per line: what journald and log shippers want."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def __call__(self, message: Any) -> None:
+        record = message.record
+        data: dict[str, Any] = {
+            "ts": record["time"].astimezone(timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record["level"].name,
+            "msg": record["message"],
+        }
+        for key, value in record["extra"].items():
+            data[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        if record["exception"] is not None:
+            data["exception"] = f"{record['exception'].type.__name__}: {record['exception'].value}"
+        line = json.dumps(data, ensure_ascii=False, default=str)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+
+class LogOnce:
+    """Log a recurring condition once when it appears and once when it clears.
+
+    Probes call ``problem(key, ...)`` on every failed attempt and ``ok(key)`` on
+    every success; only the transitions reach the log.
+    """
+
+    def __init__(self, component: str) -> None:
+        self._log = logger.bind(component=component)
+        self._active: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def problem(self, key: str, message: str, level: str = "WARNING") -> bool:
+        """Returns True when this call logged (the condition is new or changed)."""
+        with self._lock:
+            if self._active.get(key) == message:
+                return False
+            self._active[key] = message
+        self._log.log(level, message)
+        return True
+
+    def ok(self, key: str, message: str | None = None) -> None:
+        with self._lock:
+            was = self._active.pop(key, None)
+        if was is not None:
+            self._log.info(message or f"recovered: {was}")
+
+    def active(self, key: str) -> bool:
+        with self._lock:
+            return key in self._active
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

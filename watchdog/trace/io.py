@@ -1,0 +1,431 @@
+"""Reading and writing trace-v1 files (JSON Lines).
+
+The reader is strict about required fields and lenient about everything else:
+unknown fields are kept, unknown record types are passed through as
+:class:`UnknownRecord`, and a broken line is reported with its line number and
+skipped. It never raises for bad content, only for an unusable file (wrong
+version, unreadable).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from watchdog.trace.records import (
+    Canary,
+    Event,
+    GpuDevice,
+    GpuProc,
+    GpuSample,
+    Header,
+    LoadedModel,
+    LogLine,
+    ProcessSample,
+    Record,
+    ServerPoll,
+    TraceTarget,
+    UnknownRecord,
+    Xid,
+)
+
+VERSION = 1
+
+
+class TraceError(Exception):
+    """A trace that cannot be read at all (not a bad line: those are problems)."""
+
+
+class _Bad(Exception):
+    """One line is unusable; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceProblem:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+@dataclass
+class Trace:
+    header: Header
+    records: list[Record] = field(default_factory=list)
+    problems: list[TraceProblem] = field(default_factory=list)
+
+
+# --- field decoders -------------------------------------------------------------------------
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(f'field "{name}": expected a number, got {_brief(value)}')
+    return value
+
+
+def _integer(value: Any, name: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f'field "{name}": expected an integer, got {_brief(value)}')
+    return value
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f'field "{name}": expected a string, got {_brief(value)}')
+    return value
+
+
+def _boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f'field "{name}": expected true or false, got {_brief(value)}')
+    return value
+
+
+def _procs(value: Any, name: str) -> list[GpuProc]:
+    if not isinstance(value, list):
+        raise _Bad(f'field "{name}": expected a list, got {_brief(value)}')
+    out = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise _Bad(f'field "{name}": expected objects with pid and mem_mib')
+        data = dict(item)
+        try:
+            pid = _integer(data.pop("pid"), "procs[].pid")
+        except KeyError:
+            raise _Bad('field "procs": an entry has no "pid"') from None
+        mem = data.pop("mem_mib", None)
+        target = data.pop("target", None)
+        out.append(
+            GpuProc(
+                pid=pid,
+                mem_mib=None if mem is None else _number(mem, "procs[].mem_mib"),
+                target=None if target is None else _text(target, "procs[].target"),
+                extra=data,
+            )
+        )
+    return out
+
+
+def _models(value: Any, name: str) -> list[LoadedModel]:
+    if not isinstance(value, list):
+        raise _Bad(f'field "{name}": expected a list, got {_brief(value)}')
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _Bad(f'field "{name}": expected objects with a "name"')
+        data = dict(item)
+        model_name = data.pop("name")
+        vram = data.pop("vram_mib", None)
+        expires = data.pop("expires_in_s", None)
+        out.append(
+            LoadedModel(
+                name=model_name,
+                vram_mib=None if vram is None else _number(vram, "models[].vram_mib"),
+                expires_in_s=None if expires is None else _number(expires, "models[].expires_in_s"),
+                extra=data,
+            )
+        )
+    return out
+
+
+Decoder = Callable[[Any, str], Any]
+# (field, decoder, required, written when None)
+_Spec = tuple[tuple[str, Decoder, bool, bool], ...]
+
+_SPECS: dict[str, tuple[type, _Spec]] = {
+    "gpu": (
+        GpuSample,
+        (
+            ("index", _integer, True, True),
+            ("util", _number, False, True),
+            ("mem_used_mib", _number, False, True),
+            ("procs", _procs, False, True),
+            ("temp_c", _number, False, False),
+            ("power_w", _number, False, False),
+            ("error", _text, False, False),
+        ),
+    ),
+    "xid": (
+        Xid,
+        (("index", _integer, True, True), ("xid", _integer, True, True), ("pid", _integer, False, False)),
+    ),
+    "canary": (
+        Canary,
+        (
+            ("target", _text, True, True),
+            ("model", _text, False, True),
+            ("started", _number, False, True),
+            ("ok", _boolean, True, True),
+            ("error", _text, False, True),
+            ("ttft_s", _number, False, True),
+            ("tokens", _integer, False, True),
+            ("tokens_per_s", _number, False, True),
+        ),
+    ),
+    "server": (
+        ServerPoll,
+        (
+            ("target", _text, True, True),
+            ("state", _text, True, True),
+            ("models", _models, False, True),
+            ("running", _integer, False, False),
+            ("waiting", _integer, False, False),
+            ("gen_tokens_total", _number, False, False),
+            ("kv_cache_usage", _number, False, False),
+            ("error", _text, False, False),
+        ),
+    ),
+    "process": (
+        ProcessSample,
+        (
+            ("target", _text, True, True),
+            ("pid", _integer, False, True),
+            ("status", _text, True, True),
+            ("rss_mib", _number, False, False),
+            ("cpu_percent", _number, False, False),
+        ),
+    ),
+    "log": (LogLine, (("target", _text, True, True), ("line", _text, True, True))),
+    "event": (
+        Event,
+        (("target", _text, True, True), ("event", _text, True, True), ("model", _text, False, False)),
+    ),
+}
+_CLASS_SPECS = {cls: (name, spec) for name, (cls, spec) in _SPECS.items()}
+_LIST_DEFAULTS = {"procs", "models"}
+
+
+def decode_record(data: dict[str, Any]) -> Record:
+    """One record from its JSON object. Raises _Bad with the reason."""
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise _Bad('no "type" field')
+    t = data.get("t")
+    if kind not in _SPECS:
+        return UnknownRecord(t=t if isinstance(t, (int, float)) else None, type=kind, raw=dict(data))
+    if "t" not in data:
+        raise _Bad('no "t" field')
+    cls, spec = _SPECS[kind]
+    values: dict[str, Any] = {"t": _number(t, "t")}
+    known = {"t", "type"}
+    for name, decoder, required, _ in spec:
+        known.add(name)
+        value = data.get(name)
+        if value is None:
+            if required:
+                raise _Bad(f'{kind} record without "{name}"')
+            if name in _LIST_DEFAULTS:
+                value = []
+            values[name] = value
+            continue
+        values[name] = decoder(value, name)
+    values["extra"] = {k: v for k, v in data.items() if k not in known}
+    return cls(**values)
+
+
+def encode_record(record: Record) -> dict[str, Any]:
+    """The JSON object for a record (inverse of decode_record)."""
+    if isinstance(record, UnknownRecord):
+        return dict(record.raw)
+    kind, spec = _CLASS_SPECS[type(record)]
+    out: dict[str, Any] = {"t": round(record.t, 3), "type": kind}
+    for name, _, _, always in spec:
+        value = getattr(record, name)
+        if value is None and not always:
+            continue
+        if name == "procs":
+            value = [_with_extra({"pid": p.pid, "mem_mib": p.mem_mib, "target": p.target}, p.extra) for p in value]
+        elif name == "models":
+            value = [_encode_model(m) for m in value]
+        out[name] = value
+    out.update(record.extra)
+    return out
+
+
+def _encode_model(model: LoadedModel) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": model.name, "vram_mib": model.vram_mib}
+    if model.expires_in_s is not None:
+        out["expires_in_s"] = model.expires_in_s
+    return _with_extra(out, model.extra)
+
+
+def _with_extra(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    if extra:
+        base.update(extra)
+    return base
+
+
+def decode_header(data: dict[str, Any]) -> Header:
+    if data.get("type") != "header":
+        raise _Bad('expected the header record ({"type": "header", ...}) first')
+    version = data.get("version")
+    if version != VERSION:
+        raise TraceError(f"unsupported trace version {version!r} (this reader knows version {VERSION})")
+    gpus = []
+    for item in data.get("gpus") or []:
+        if not isinstance(item, dict) or "index" not in item:
+            raise _Bad('header: every entry of "gpus" needs an "index"')
+        rest = dict(item)
+        gpus.append(
+            GpuDevice(
+                index=_integer(rest.pop("index"), "gpus[].index"),
+                name=str(rest.pop("name", "")),
+                mem_total_mib=rest.pop("mem_total_mib", None),
+                extra=rest,
+            )
+        )
+    targets = []
+    for item in data.get("targets") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise _Bad('header: every entry of "targets" needs a "name"')
+        rest = dict(item)
+        gpus_of = rest.pop("gpus", [])
+        targets.append(
+            TraceTarget(
+                name=rest.pop("name"),
+                kind=str(rest.pop("kind", "openai")),
+                gpus=[_integer(g, "targets[].gpus[]") for g in gpus_of] if isinstance(gpus_of, list) else [],
+                extra=rest,
+            )
+        )
+    extra = {k: v for k, v in data.items() if k not in ("type", "version", "host", "gpus", "targets")}
+    return Header(version=VERSION, host=str(data.get("host", "")), gpus=gpus, targets=targets, extra=extra)
+
+
+def encode_header(header: Header) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": "header",
+        "version": header.version,
+        "host": header.host,
+        "gpus": [
+            _with_extra({"index": g.index, "name": g.name, "mem_total_mib": g.mem_total_mib}, g.extra)
+            for g in header.gpus
+        ],
+        "targets": [_with_extra({"name": t.name, "kind": t.kind, "gpus": t.gpus}, t.extra) for t in header.targets],
+    }
+    out.update(header.extra)
+    return out
+
+
+# --- reading --------------------------------------------------------------------------------
+
+def iter_trace(lines: Iterable[str]) -> Iterator[Header | Record | TraceProblem]:
+    """Yield the header, then records and problems, in file order.
+
+    If the first line is not a header, a problem is reported and an empty
+    header is assumed, so the records can still be used.
+    """
+    header_seen = False
+    last_t: float | None = None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield TraceProblem(number, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(data, dict):
+            yield TraceProblem(number, "expected a JSON object")
+            continue
+        if not header_seen:
+            header_seen = True
+            try:
+                yield decode_header(data)
+                continue
+            except _Bad as exc:
+                yield TraceProblem(number, str(exc))
+                yield Header()
+        try:
+            record = decode_record(data)
+        except _Bad as exc:
+            yield TraceProblem(number, str(exc))
+            continue
+        t = record.t
+        if t is not None:
+            if last_t is not None and t < last_t:
+                yield TraceProblem(number, f"t goes backwards ({t} after {last_t}); kept")
+            else:
+                last_t = t
+        yield record
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a trace for reading; ``.gz`` files are decompressed."""
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def read_trace(path: str | Path) -> Trace:
+    """The whole trace in memory, with every problem found."""
+    with open_text(path) as handle:
+        return read_trace_lines(handle)
+
+
+def read_trace_lines(lines: Iterable[str]) -> Trace:
+    trace = Trace(header=Header())
+    for item in iter_trace(lines):
+        if isinstance(item, Header):
+            trace.header = item
+        elif isinstance(item, TraceProblem):
+            trace.problems.append(item)
+        else:
+            trace.records.append(item)
+    return trace
+
+
+# --- writing --------------------------------------------------------------------------------
+
+def dumps_record(record: Record | Header) -> str:
+    data = encode_header(record) if isinstance(record, Header) else encode_record(record)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+class TraceWriter:
+    """Writes a header then records, one JSON object per line."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+
+    def write_header(self, header: Header) -> None:
+        self._handle.write(dumps_record(header) + "\n")
+
+    def write(self, record: Record) -> None:
+        self._handle.write(dumps_record(record) + "\n")
+
+    def write_all(self, records: Iterable[Record]) -> None:
+        self._handle.writelines(dumps_record(r) + "\n" for r in records)
+
+
+def write_trace(path: str | Path, header: Header, records: Iterable[Record]) -> None:
+    """Write a whole trace atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    opener = (lambda p: io.TextIOWrapper(gzip.open(p, "wb"), encoding="utf-8")) if path.suffix == ".gz" else (
+        lambda p: open(p, "w", encoding="utf-8")
+    )
+    with opener(tmp) as handle:
+        writer = TraceWriter(handle)
+        writer.write_header(header)
+        writer.write_all(records)
+        handle.flush()
+    os.replace(tmp, path)
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else f'"{value}"'
+    return text if len(text) <= 40 else text[:37] + "..."
