@@ -1,0 +1,1 @@
+"""Decide: pure detectors over trace-v1 records (no I/O, no wall clock)."""

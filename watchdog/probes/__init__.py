@@ -1,0 +1,1 @@
+"""Observe: every probe turns what it sees into trace-v1 records (see base.py)."""
