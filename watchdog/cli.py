@@ -97,6 +97,52 @@ def config_check(obj: Context, file: str | None) -> None:
         click.echo(f"  {line}")
 
 
+@cli.command("replay")
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--config", "replay_config", metavar="FILE", default=None,
+              help="Take detector thresholds from this config (else the global --config, if given).")
+@click.option("--explain", is_flag=True, help="Print a readable timeline instead of JSON lines.")
+@click.option("--expect", "expect_file", metavar="FILE", default=None,
+              help="Also judge the findings against an expectation file (NAME.expect.json); exit 1 if off.")
+@pass_ctx
+def replay_command(obj: Context, trace: str, replay_config: str | None, explain: bool,
+                   expect_file: str | None) -> None:
+    """Run the detectors over a recorded TRACE (trace-v1) and print what they find.
+
+    One JSON object per change of a finding: {"t", "target", "finding", "state", "summary"}.
+    Broken trace lines are reported on stderr with their line numbers and skipped.
+    """
+    from watchdog.replay import check_expectations, findings_as_json_lines, replay_file
+    from watchdog.trace.io import TraceError
+
+    config = None
+    if replay_config or obj.config_explicit:
+        config = obj.load(replay_config)
+    try:
+        result = replay_file(trace, config, keep_context=explain)
+    except TraceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    for problem in result.problems:
+        click.echo(f"{trace}: {problem}", err=True)
+    if explain:
+        from rich.console import Console
+
+        from watchdog.explain import explain as render
+
+        render(result, trace, Console(soft_wrap=False))
+    else:
+        for line in findings_as_json_lines(result.findings):
+            click.echo(line)
+    if expect_file:
+        import json
+
+        report = check_expectations(result.findings, json.loads(open(expect_file, encoding="utf-8").read()))
+        click.echo(f"expectations: {report}", err=True)
+        if not report.ok:
+            sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     try:

@@ -151,7 +151,7 @@ class DetectSettings(Section):
     busy_cpu_percent: float = Field(default=50.0, ge=0)
     down_after: Duration = 15.0
     startup_grace: Duration = 600.0
-    unload_grace: Duration = 15.0
+    unload_grace: Duration = 10.0
     unload_release_fraction: float = Field(default=0.5, gt=0, le=1)
     growth_min_mib: int = Field(default=1024, ge=1)
     growth_fraction: float = Field(default=0.10, ge=0)

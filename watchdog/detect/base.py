@@ -1,0 +1,46 @@
+"""The shape every detector has: see a record, maybe change its verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from watchdog.detect.view import TargetView
+from watchdog.trace.records import Record
+
+
+@dataclass(slots=True)
+class Verdict:
+    """A detector's conclusion after a record: raise (True) or clear (False), and why."""
+
+    raise_: bool
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def raise_(summary: str, **evidence: Any) -> Verdict:
+    return Verdict(True, summary, evidence)
+
+
+def clear(summary: str, **evidence: Any) -> Verdict:
+    return Verdict(False, summary, evidence)
+
+
+class TargetDetector:
+    """One finding kind for one target.
+
+    ``observe`` is called after the view has taken the record. It returns a
+    Verdict when the finding should change state (the engine drops verdicts
+    that change nothing), else None. ``active`` says whether the finding is
+    currently raised, so a detector can look for the way out.
+    """
+
+    finding: ClassVar[str]
+
+    def __init__(self, view: TargetView) -> None:
+        self.view = view
+        self.settings = view.settings
+        self.active = False
+
+    def observe(self, record: Record) -> Verdict | None:  # pragma: no cover - abstract
+        raise NotImplementedError

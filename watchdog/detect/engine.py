@@ -1,0 +1,173 @@
+"""The detection engine: records in, changes of findings out.
+
+The daemon feeds it every observation as it is made; ``watchdogctl replay``
+feeds it a trace file. Same code, same results: time comes only from the
+records, and nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from watchdog.config.model import Config, DetectSettings
+from watchdog.detect.base import TargetDetector, Verdict
+from watchdog.detect.degraded import DegradedDetector
+from watchdog.detect.down import DownDetector
+from watchdog.detect.finding import Finding
+from watchdog.detect.gpu_fault import GpuFaultDetector
+from watchdog.detect.hang import HangDetector
+from watchdog.detect.memory import MemoryGrowthDetector
+from watchdog.detect.oom import FragmentationDetector, OomDetector
+from watchdog.detect.profile import TargetProfile
+from watchdog.detect.unload import UnloadDetector
+from watchdog.detect.view import TargetView
+from watchdog.trace.records import (
+    Canary,
+    Event,
+    GpuSample,
+    Header,
+    LogLine,
+    ProcessSample,
+    Record,
+    ServerPoll,
+    Xid,
+)
+
+DETECTORS: tuple[type[TargetDetector], ...] = (
+    DownDetector,
+    HangDetector,
+    UnloadDetector,
+    MemoryGrowthDetector,
+    FragmentationDetector,
+    OomDetector,
+    DegradedDetector,
+)
+
+
+class _Target:
+    __slots__ = ("view", "detectors")
+
+    def __init__(self, profile: TargetProfile) -> None:
+        self.view = TargetView(profile)
+        self.detectors = [cls(self.view) for cls in DETECTORS]
+
+
+class DetectionEngine:
+    """Runs every detector for every target over a stream of records."""
+
+    def __init__(
+        self,
+        profiles: Iterable[TargetProfile] = (),
+        defaults: DetectSettings | None = None,
+        gpu_totals: dict[int, float] | None = None,
+    ) -> None:
+        self.defaults = defaults or DetectSettings()
+        self.gpu_totals = dict(gpu_totals or {})
+        self.targets: dict[str, _Target] = {}
+        for profile in profiles:
+            self._add(profile)
+        self.gpu_faults = GpuFaultDetector(self.defaults)
+        self.now = 0.0
+        self._active: dict[tuple[str, str], Finding] = {}
+
+    @classmethod
+    def for_header(cls, header: Header, config: Config | None = None) -> "DetectionEngine":
+        """An engine for a trace: targets from its header, thresholds from a config if given."""
+        defaults = config.detect if config is not None else DetectSettings()
+        configured = {t.name: t for t in config.targets} if config is not None else {}
+        profiles = []
+        for target in header.targets:
+            settings = config.detect_for(configured[target.name]) if target.name in configured else defaults
+            profiles.append(TargetProfile(target.name, target.kind, tuple(target.gpus), settings))
+        for name, target in configured.items():
+            if header.target(name) is None:
+                gpus = () if target.gpus == "auto" else tuple(target.gpus)
+                profiles.append(TargetProfile(name, target.kind, gpus, config.detect_for(target)))  # type: ignore[union-attr]
+        totals = {g.index: float(g.mem_total_mib) for g in header.gpus if g.mem_total_mib}
+        return cls(profiles, defaults, totals)
+
+    def _add(self, profile: TargetProfile) -> _Target:
+        target = _Target(profile)
+        target.view.gpu_totals = self.gpu_totals
+        self.targets[profile.name] = target
+        return target
+
+    def target_view(self, name: str) -> TargetView | None:
+        target = self.targets.get(name)
+        return target.view if target else None
+
+    def active(self) -> list[Finding]:
+        """The findings raised now, oldest first."""
+        return sorted(self._active.values(), key=lambda f: f.t)
+
+    def feed(self, record: Record) -> list[Finding]:
+        """Take one record; return the findings it raised or cleared (usually none)."""
+        t = getattr(record, "t", None)
+        if t is None:
+            return []
+        self.now = max(self.now, t)
+        changes: list[Finding] = []
+        if isinstance(record, GpuSample):
+            if record.mem_used_mib is not None and record.index not in self.gpu_totals and record.extra.get("mem_total_mib"):
+                self.gpu_totals[record.index] = float(record.extra["mem_total_mib"])
+            for target in self.targets.values():
+                target.view.now = self.now
+                if target.view.update_gpu(record):
+                    self._run(target, record, changes)
+            self._gpu(record, changes)
+            return changes
+        if isinstance(record, Xid):
+            self._gpu(record, changes)
+            return changes
+        name = getattr(record, "target", None)
+        if not isinstance(name, str):
+            return changes
+        target = self.targets.get(name) or self._add(TargetProfile(name, settings=self.defaults))
+        view = target.view
+        view.now = self.now
+        if isinstance(record, ServerPoll):
+            view.update_poll(record)
+        elif isinstance(record, Canary):
+            view.update_canary(record)
+        elif isinstance(record, ProcessSample):
+            view.update_process(record)
+        elif isinstance(record, Event):
+            view.update_event(record)
+        elif not isinstance(record, LogLine):
+            return changes
+        self._run(target, record, changes)
+        return changes
+
+    def _run(self, target: _Target, record: Record, changes: list[Finding]) -> None:
+        name = target.view.profile.name
+        for detector in target.detectors:
+            verdict = detector.observe(record)
+            if verdict is not None:
+                finding = self._apply(name, detector.finding, verdict)
+                if finding is not None:
+                    detector.active = verdict.raise_
+                    changes.append(finding)
+
+    def _gpu(self, record: Record, changes: list[Finding]) -> None:
+        for target, verdict in self.gpu_faults.observe(record):
+            finding = self._apply(target, "gpu_fault", verdict)
+            if finding is not None:
+                changes.append(finding)
+
+    def _apply(self, target: str, kind: str, verdict: Verdict) -> Finding | None:
+        key = (target, kind)
+        if verdict.raise_ == (key in self._active):
+            return None
+        finding = Finding(
+            t=self.now,
+            target=target,
+            finding=kind,
+            state="raised" if verdict.raise_ else "cleared",
+            summary=verdict.summary,
+            evidence=verdict.evidence,
+        )
+        if verdict.raise_:
+            self._active[key] = finding
+        else:
+            del self._active[key]
+        return finding

@@ -1,0 +1,177 @@
+"""Hang: work in flight that makes no progress.
+
+Progress is the thing to watch, not any single signal. Four ways to know:
+
+1. **Counters** (vLLM, llama.cpp): requests running or waiting, and the
+   generated-token counter standing still. With the GPU (and, where the server
+   computes on the CPU, the CPU) idle, ``stall_after`` of that is a hang; a
+   busy GPU without tokens is a long prefill, or a collective spinning at 100%,
+   so only ``busy_stall_after`` of it is.
+2. **Canaries** (every kind; the only way on Ollama): ``canary_failures``
+   canaries in a row that got no token, with the server holding memory and not
+   loading. One failed canary in an otherwise healthy picture is noise.
+3. **A frozen process** (SIGSTOP, a debugger): stopped while holding a model.
+4. **The server's own word**: the NCCL watchdog's collective timeout in its log.
+
+A hang clears on proof of progress (tokens flow again, a canary answers) or
+when the server is restarted.
+"""
+
+from __future__ import annotations
+
+import re
+
+from watchdog.detect.base import TargetDetector, Verdict, clear, raise_
+from watchdog.detect.view import secs
+from watchdog.trace.records import Canary, Event, GpuSample, LogLine, ProcessSample, Record, ServerPoll
+
+HANG_ERRORS = frozenset({"timeout", "stalled"})
+_NCCL_TIMEOUT = re.compile(r"(collective operation timeout|NCCL.*(timed? ?out|timeout)|Watchdog caught collective)", re.I)
+
+
+class HangDetector(TargetDetector):
+    finding = "hang"
+
+    def __init__(self, view) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(view)
+        self.failures: list[Canary] = []
+        self.stopped_since: float | None = None
+        self.stopped_samples = 0
+
+    def observe(self, record: Record) -> Verdict | None:
+        view = self.view
+        t = view.now
+        if isinstance(record, Event) and record.event == "restart_finished":
+            self._reset()
+            return clear("the server was restarted") if self.active else None
+        if isinstance(record, ProcessSample):
+            if view.pid_changed_t == record.t or record.status == "gone":
+                self._reset()
+                if self.active:
+                    return clear(f"the hung process is gone (now pid {record.pid})" if record.pid else
+                                 "the hung process is gone")
+            if record.status == "stopped":
+                if self.stopped_since is None:
+                    self.stopped_since = record.t
+                self.stopped_samples += 1
+            else:
+                self.stopped_since, self.stopped_samples = None, 0
+        if isinstance(record, Canary):
+            verdict = self._take_canary(record)
+            if verdict is not None:
+                return verdict
+        if isinstance(record, ServerPoll) and view.poll_progressed:
+            self.failures.clear()
+            if self.active:
+                return clear(f"tokens flow again (counter at {view.tokens:.0f})")
+        if isinstance(record, LogLine) and not self.active and _NCCL_TIMEOUT.search(record.line):
+            return raise_(f"the server reports a stuck collective: {record.line.strip()[:160]}",
+                          rule="nccl_log", line=record.line[:500])
+        if self.active or not isinstance(record, (ServerPoll, GpuSample, Canary, ProcessSample)):
+            return None
+        return self._frozen(t) or self._counter_stall(t) or self._canary_stall(t)
+
+    def _reset(self) -> None:
+        self.failures.clear()
+        self.stopped_since, self.stopped_samples = None, 0
+
+    def _take_canary(self, canary: Canary) -> Verdict | None:
+        if canary.ok:
+            self.failures.clear()
+            if self.active:
+                ttft = f"first token after {canary.ttft_s:.2f} s" if canary.ttft_s is not None else "answered"
+                return clear(f"a canary got through ({ttft})")
+            return None
+        if canary.error in HANG_ERRORS:
+            window_start = _waited_from(canary)
+            if self.view.state == "loading" or self.view.memory_rose(window_start, canary.t):
+                self.failures.clear()  # blocked on a model load: healthy
+            else:
+                self.failures.append(canary)
+        else:
+            self.failures.clear()  # the server answered something: not a silent hang
+        return None
+
+    def _holds_work(self) -> bool:
+        view = self.view
+        return bool(view.models) or view.held_mib() > 0 or not view.gpu_seen
+
+    def _frozen(self, t: float) -> Verdict | None:
+        if self.stopped_since is None or self.stopped_samples < 2 or not self._holds_work():
+            return None
+        frozen_for = t - self.stopped_since
+        if frozen_for < min(self.settings.stall_after, 5.0):
+            return None
+        view = self.view
+        return raise_(
+            f"process {view.pid} is stopped (SIGSTOP or a debugger) for {secs(frozen_for)}; {view.gpu_brief()}",
+            rule="process_stopped", pid=view.pid, stopped_s=round(frozen_for, 1),
+        )
+
+    def _counter_stall(self, t: float) -> Verdict | None:
+        view = self.view
+        if not view.has_counters or not view.work_in_flight() or view.state != "ready":
+            return None
+        if view.restarting(t, self.settings.stall_after):
+            return None
+        since = max(view.progress_t or view.work_since or t, view.work_since or t)
+        stalled = t - since
+        if stalled < self.settings.stall_after:
+            return None
+        work = f"{view.running or 0} request(s) running"
+        if view.waiting:
+            work += f", {view.waiting} waiting"
+        counter = f"token counter stuck at {view.tokens:.0f}" if view.tokens is not None else "no token counter"
+        busy = view.busy(t - self.settings.stall_after, t)
+        evidence = {"running": view.running, "waiting": view.waiting, "tokens": view.tokens,
+                    "stalled_s": round(stalled, 1)}
+        if busy is False:
+            return raise_(f"no tokens for {secs(stalled)} with {work} ({counter}); {view.gpu_brief()}{self._cpu()}",
+                          rule="counters_idle", **evidence)
+        if stalled >= self.settings.busy_stall_after:
+            why = "while the GPU stays busy (a stuck collective, or a prefill beyond the limit)" if busy else \
+                "and nothing shows activity"
+            return raise_(f"no tokens for {secs(stalled)} with {work} {why}; {view.gpu_brief()}",
+                          rule="counters_busy", **evidence)
+        return None
+
+    def _canary_stall(self, t: float) -> Verdict | None:
+        failures = self.failures
+        if len(failures) < self.settings.canary_failures or not self._holds_work():
+            return None
+        view = self.view
+        first = failures[0].start
+        windows = [(_waited_from(c), c.t) for c in failures]
+        activity = [view.busy(a, b) for a, b in windows]
+        busy = any(a is True for a in activity)
+        errors = ", ".join(_describe_failure(c) for c in failures[-3:])
+        alive = ""
+        if view.state == "ready":
+            models = ", ".join(view.models) if view.models else "no model"
+            alive = f"; the status endpoint still answers ({models} loaded)"
+        evidence = {"canaries": len(failures), "first_failure_started": round(first, 2)}
+        if not busy:
+            return raise_(f"{len(failures)} canaries in a row got no token ({errors}); {view.gpu_brief()}{alive}",
+                          rule="canaries", **evidence)
+        if t - first >= self.settings.busy_stall_after:
+            return raise_(f"canaries got no token for {secs(t - first)} ({errors}) while the GPU stays busy; "
+                          f"{view.gpu_brief()}{alive}", rule="canaries_busy", **evidence)
+        return None
+
+    def _cpu(self) -> str:
+        last = self.view.cpu.last()
+        return f"; server CPU {last[1]:.0f}%" if last is not None else ""
+
+
+def _waited_from(canary: Canary) -> float:
+    """When the canary started waiting in vain: its start, or its first token if it stalled."""
+    if canary.error == "stalled":
+        return canary.start + (canary.ttft_s or 0.0)
+    return canary.start
+
+
+def _describe_failure(canary: Canary) -> str:
+    waited = canary.t - canary.start
+    if canary.error == "stalled":
+        return f"stalled after {canary.tokens or 0} token(s), {waited:.0f} s"
+    return f"timeout after {waited:.0f} s"

@@ -1,0 +1,281 @@
+"""A target as the detectors see it: the latest observations and short histories.
+
+The engine updates one :class:`TargetView` per target with every record, so
+each detector reads derived signals (is work in flight, when did tokens last
+flow, is the GPU idle, how much memory does the server hold) instead of
+re-deriving them from raw records. Pure: no I/O, time only from records.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from watchdog.detect.profile import TargetProfile
+from watchdog.trace.records import Canary, Event, GpuSample, LoadedModel, ProcessSample, ServerPoll
+
+#: A server whose token counter falls has restarted: that is not progress data.
+_RATE_SMOOTHING = 0.3
+
+
+class Series:
+    """(t, value) points kept for ``horizon`` seconds, oldest first."""
+
+    __slots__ = ("horizon", "points")
+
+    def __init__(self, horizon: float) -> None:
+        self.horizon = horizon
+        self.points: deque[tuple[float, float]] = deque()
+
+    def add(self, t: float, value: float) -> None:
+        self.points.append((t, value))
+        cutoff = t - self.horizon
+        while self.points and self.points[0][0] < cutoff:
+            self.points.popleft()
+
+    def between(self, t0: float, t1: float) -> Iterator[float]:
+        """Values with t0 <= t <= t1 (newest first)."""
+        for t, value in reversed(self.points):
+            if t < t0:
+                break
+            if t <= t1:
+                yield value
+
+    def at_or_before(self, t: float) -> float | None:
+        for when, value in reversed(self.points):
+            if when <= t:
+                return value
+        return None
+
+    def last(self) -> tuple[float, float] | None:
+        return self.points[-1] if self.points else None
+
+
+class TargetView:
+    """Everything observed about one target, kept current by :meth:`update`."""
+
+    def __init__(self, profile: TargetProfile, horizon: float = 1800.0) -> None:
+        self.profile = profile
+        self.settings = profile.settings
+        self.now = 0.0
+        # Server status endpoint.
+        self.poll: ServerPoll | None = None
+        self.state: str | None = None
+        self.models: dict[str, LoadedModel] = {}
+        self.model_vram: dict[str, float] = {}
+        self.running: int | None = None
+        self.waiting: int | None = None
+        self.has_counters = False
+        self.tokens: float | None = None
+        self.tokens_t: float | None = None
+        self.poll_progressed = False
+        self.token_rate: float | None = None
+        self.progress_t: float | None = None
+        self.work_since: float | None = None
+        self.served_t: float | None = None
+        # Canaries.
+        self.last_canary: Canary | None = None
+        # Main process.
+        self.process: ProcessSample | None = None
+        self.pid: int | None = None
+        self.pid_since: float | None = None
+        self.pid_served = False
+        self.pid_changed_t: float | None = None
+        # GPUs.
+        self.gpus: set[int] = set(profile.gpus)
+        self.gpu_totals: dict[int, float] = {}
+        self.gpu_util: dict[int, float | None] = {}
+        self.gpu_procs: dict[int, dict[int, float]] = {}
+        self.gpu_seen = False
+        self.util = Series(horizon)
+        self.cpu = Series(horizon)
+        self.mem = Series(horizon)
+        # Things done to it.
+        self.restart_started_t: float | None = None
+        self.restart_finished_t: float | None = None
+
+    # --- updates ----------------------------------------------------------------------------
+
+    def update_poll(self, poll: ServerPoll) -> None:
+        self.poll = poll
+        self.state = poll.state
+        if poll.state in ("ready", "loading"):
+            self.models = {m.name: m for m in poll.models}
+            for model in poll.models:
+                if model.vram_mib is not None:
+                    self.model_vram[model.name] = model.vram_mib
+        elif poll.state == "down":
+            self.models = {}
+        if poll.state == "ready":
+            self.served_t = poll.t
+            self.pid_served = True
+        self._update_counters(poll)
+
+    def _update_counters(self, poll: ServerPoll) -> None:
+        t = poll.t
+        self.poll_progressed = False
+        if poll.running is not None or poll.waiting is not None:
+            in_flight = (poll.running or 0) + (poll.waiting or 0)
+            self.running, self.waiting = poll.running, poll.waiting
+            if in_flight > 0:
+                if self.work_since is None:
+                    self.work_since = t
+            else:
+                self.work_since = None
+        elif poll.state in ("down", "error"):
+            pass  # unknown: keep what we knew
+        else:
+            self.running = self.waiting = None
+        tokens = poll.gen_tokens_total
+        if tokens is None:
+            return
+        self.has_counters = True
+        previous, previous_t = self.tokens, self.tokens_t
+        self.tokens, self.tokens_t = tokens, t
+        if previous is None or previous_t is None or t <= previous_t:
+            return
+        delta = tokens - previous
+        self.poll_progressed = True
+        if delta < 0:  # the counter restarted with the server
+            self.progress_t = t
+            self.token_rate = None
+            return
+        if delta == 0:
+            self.poll_progressed = False
+            return
+        interval = t - previous_t
+        # Tokens flowed during part of the interval. With a known rate, estimate
+        # when they stopped; without one, assume they flowed until now.
+        stop = t
+        if self.token_rate and self.token_rate > 0:
+            stop = min(t, previous_t + delta / self.token_rate)
+        self.progress_t = max(self.progress_t or stop, stop)
+        if stop >= t - 1e-9:  # a whole interval of flow: a fair sample of the rate
+            rate = delta / interval
+            self.token_rate = rate if self.token_rate is None else (
+                _RATE_SMOOTHING * rate + (1 - _RATE_SMOOTHING) * self.token_rate
+            )
+
+    def update_canary(self, canary: Canary) -> None:
+        self.last_canary = canary
+        if canary.ok:
+            self.served_t = canary.t
+            self.pid_served = True
+            self.progress_t = max(self.progress_t or canary.t, canary.t)
+        elif (canary.tokens or 0) > 0:
+            first = canary.start + (canary.ttft_s or 0.0)
+            self.progress_t = max(self.progress_t or first, first)
+        if canary.error not in (None, "refused"):
+            self.pid_served = True  # it accepted the connection
+
+    def update_process(self, sample: ProcessSample) -> None:
+        self.process = sample
+        if sample.pid is not None and sample.pid != self.pid:
+            if self.pid is not None:
+                self.pid_changed_t = sample.t
+            self.pid = sample.pid
+            self.pid_since = sample.t
+            self.pid_served = False
+        if sample.cpu_percent is not None:
+            self.cpu.add(sample.t, sample.cpu_percent)
+
+    def update_gpu(self, sample: GpuSample) -> bool:
+        """Take a GPU sample; returns True if it concerns this target."""
+        mine = {p.pid: (p.mem_mib or 0.0) for p in sample.procs if p.target == self.profile.name}
+        if mine:
+            self.gpus.add(sample.index)
+        if sample.index not in self.gpus:
+            return False
+        self.gpu_seen = True
+        self.gpu_util[sample.index] = sample.util
+        if sample.error is None:
+            self.gpu_procs[sample.index] = mine
+            if sample.util is not None:
+                self.util.add(sample.t, sample.util)
+            self.mem.add(sample.t, self.held_mib())
+        return True
+
+    def update_event(self, event: Event) -> None:
+        if event.event == "restart_started":
+            self.restart_started_t = event.t
+        elif event.event == "restart_finished":
+            self.restart_finished_t = event.t
+
+    # --- derived signals ----------------------------------------------------------------------
+
+    def held_mib(self) -> float:
+        """GPU memory held by the target's processes, over all its GPUs."""
+        return sum(sum(procs.values()) for procs in self.gpu_procs.values())
+
+    def held_by_pid(self) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for procs in self.gpu_procs.values():
+            for pid, mem in procs.items():
+                out[pid] = out.get(pid, 0.0) + mem
+        return out
+
+    def work_in_flight(self) -> bool:
+        return self.work_since is not None
+
+    def busy(self, t0: float, t1: float) -> bool | None:
+        """Was the server visibly working (GPU, or CPU where it computes) in [t0, t1]?
+
+        None when nothing was observed. Busy means at least a quarter of the GPU
+        samples above the idle threshold, or the CPU above its busy threshold.
+        """
+        known = False
+        samples = list(self.util.between(t0, t1))
+        if samples:
+            known = True
+            above = sum(1 for u in samples if u >= self.settings.idle_util_percent)
+            if above >= max(1, len(samples) / 4):
+                return True
+        if self.profile.cpu_counts_as_work:
+            cpu = list(self.cpu.between(t0, t1))
+            if cpu:
+                known = True
+                if sum(1 for c in cpu if c >= self.settings.busy_cpu_percent) >= max(1, len(cpu) / 2):
+                    return True
+        return False if known else None
+
+    def memory_rose(self, t0: float, t1: float, by: float = 256.0) -> bool:
+        """Did the target's memory rise by ``by`` MiB within [t0, t1] (a model loading)?"""
+        before = self.mem.at_or_before(t0)
+        values = list(self.mem.between(t0, t1))
+        if not values:
+            return False
+        base = before if before is not None else values[-1]
+        return max(values) - base >= by
+
+    def restarting(self, t: float, grace: float) -> bool:
+        """A restart is in progress, or finished less than ``grace`` seconds ago."""
+        started = self.restart_started_t
+        if started is None:
+            return False
+        finished = self.restart_finished_t
+        if finished is None or finished < started:
+            return True
+        return t - finished < grace
+
+    def gpu_brief(self) -> str:
+        """E.g. "GPU 0 at 0% with 11.2 GiB held by pid 4242"."""
+        parts = []
+        for index in sorted(self.gpus):
+            util = self.gpu_util.get(index)
+            procs = self.gpu_procs.get(index, {})
+            held = sum(procs.values())
+            util_text = "?" if util is None else f"{util:.0f}%"
+            text = f"GPU {index} at {util_text}"
+            if held:
+                pids = ", ".join(str(p) for p in sorted(procs, key=lambda p: -procs[p])[:3])
+                text += f" with {gib(held)} held by pid {pids}"
+            parts.append(text)
+        return "; ".join(parts)
+
+
+def gib(mib: float) -> str:
+    return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+
+def secs(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
