@@ -117,11 +117,11 @@ class CanarySettings(Section):
     models: list[str] = Field(default_factory=list)
     prompt: str = "Reply with the single word OK."
     max_tokens: int = Field(default=4, ge=1, le=512)
-    interval: Duration = 30.0
-    confirm_interval: Duration = 5.0
+    interval: Duration = 15.0
+    confirm_interval: Duration = 2.0
     connect_timeout: Duration = 3.0
-    first_token_timeout: Duration = 10.0
-    stall_timeout: Duration = 10.0
+    first_token_timeout: Duration = 8.0
+    stall_timeout: Duration = 8.0
     timeout: Duration = 60.0
 
     @model_validator(mode="after")
@@ -155,7 +155,7 @@ class DetectSettings(Section):
     unload_release_fraction: float = Field(default=0.5, gt=0, le=1)
     growth_min_mib: int = Field(default=1024, ge=1)
     growth_fraction: float = Field(default=0.10, ge=0)
-    growth_window: Duration = 600.0
+    growth_window: Duration = 120.0
     degraded_factor: float = Field(default=4.0, gt=1)
     degraded_canaries: int = Field(default=3, ge=1)
     oom_clear_after: Duration = 600.0

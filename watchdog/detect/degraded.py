@@ -75,9 +75,9 @@ class DegradedDetector(TargetDetector):
 
     def _busy_with_others(self, canary: Canary) -> bool:
         view = self.view
-        poll = view.poll
-        if poll is not None and poll.running is not None and poll.t <= canary.start + 0.5:
-            return (poll.running or 0) + (poll.waiting or 0) > 0
+        requests = view.requests_before(canary.start)
+        if requests is not None:
+            return requests > 0
         before = view.util.at_or_before(canary.start)
         return before is not None and before >= _BUSY_UTIL
 

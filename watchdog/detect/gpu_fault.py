@@ -95,11 +95,12 @@ class GpuFaultDetector:
             return []
         if device.healthy_since is None:
             device.healthy_since = record.t  # XIDs and errors reset this
-        if record.t - device.healthy_since >= self.settings.oom_clear_after:
+        healthy_for = record.t - device.healthy_since
+        if healthy_for >= self.settings.oom_clear_after:
             device.active = False
             device.healthy_since = None
-            return [(target, clear(f"GPU {record.index} has answered normally for "
-                                   f"{secs(record.t - (device.fault_t or record.t))} with no new error"))]
+            return [(target, clear(f"GPU {record.index} has answered normally for {secs(healthy_for)} "
+                                   "with no new error"))]
         return []
 
     def active(self) -> list[int]:

@@ -112,9 +112,13 @@ class HangDetector(TargetDetector):
         view = self.view
         if not view.has_counters or not view.work_in_flight() or view.state != "ready":
             return None
+        if view.poll_progressed:
+            return None  # the last poll saw tokens: no stall is proven until one sees none
         if view.restarting(t, self.settings.stall_after):
             return None
-        since = max(view.progress_t or view.work_since or t, view.work_since or t)
+        since = view.work_since if view.work_since is not None else t
+        if view.progress_t is not None:
+            since = max(since, view.progress_t)
         stalled = t - since
         if stalled < self.settings.stall_after:
             return None

@@ -46,8 +46,10 @@ class UnloadDetector(TargetDetector):
     def __init__(self, view) -> None:  # type: ignore[no-untyped-def]
         super().__init__(view)
         self.pending: dict[str, _PendingUnload] = {}
-        self.orphans: dict[int, float] | None = None
         self.orphans_since: float | None = None
+        self.orphan_cutoff = 0.0
+        self.first_seen: dict[int, float] = {}
+        self.last_process_t: float | None = None
         self.prev_models: set[str] = set()
         self.prev_pid: int | None = None
         self.held_pids: dict[int, float] = {}
@@ -65,18 +67,22 @@ class UnloadDetector(TargetDetector):
             elif record.event in ("restart_started", "restart_finished"):
                 self.pending.clear()
                 if record.event == "restart_finished":
-                    self._orphan_watch(t)
+                    self._orphan_watch(t, t if view.restart_started_t is None else view.restart_started_t)
         elif isinstance(record, ServerPoll):
             self._models_changed(record)
         elif isinstance(record, ProcessSample):
+            before = self.last_process_t if self.last_process_t is not None else t
             if record.pid is not None and self.prev_pid is not None and record.pid != self.prev_pid:
-                self._orphan_watch(t)
-            elif record.status in ("gone", "zombie") and self.orphans is None:
-                self._orphan_watch(t)
+                self._orphan_watch(t, before)
+            elif record.status in ("gone", "zombie") and self.orphans_since is None:
+                self._orphan_watch(t, t)
             if record.pid is not None:
                 self.prev_pid = record.pid
+            self.last_process_t = t
         elif isinstance(record, GpuSample):
             held = view.held_by_pid()
+            for pid in held:
+                self.first_seen.setdefault(pid, t)
             if held:
                 self.held_pids = held
             if view.running == 0 or view.running is None:
@@ -108,11 +114,14 @@ class UnloadDetector(TargetDetector):
 
     def _models_changed(self, poll: ServerPoll) -> None:
         view = self.view
+        if poll.state == "down":
+            self.prev_models = set()  # whatever it had is gone with it: not an unload
+            return
         if poll.state not in ("ready", "loading"):
-            return  # a server that is down or errs says nothing about its models
+            return  # a server that errs says nothing about its models
         names = {m.name for m in poll.models}
-        for model in self.prev_models - names:
-            if not view.restarting(poll.t, self.settings.unload_grace):
+        if poll.state == "ready" and not view.restarting(poll.t, self.settings.unload_grace):
+            for model in self.prev_models - names:
                 self._start(model, poll.t, "it left the server's list of loaded models")
         for model in names:
             self.pending.pop(model, None)  # loaded (again): nothing to judge
@@ -123,11 +132,12 @@ class UnloadDetector(TargetDetector):
         else:
             self.empty_since = None
 
-    def _orphan_watch(self, t: float) -> None:
-        survivors = {pid: mem for pid, mem in self.held_pids.items() if mem >= _NOISE_MIB}
+    def _orphan_watch(self, t: float, cutoff: float) -> None:
+        """The server was replaced at ``t``: processes seen before ``cutoff`` must let go."""
         self.pending.clear()
-        self.orphans = survivors or None
-        self.orphans_since = t if survivors else None
+        self.prev_models = set()
+        self.orphans_since = t
+        self.orphan_cutoff = cutoff
 
     # --- judging -------------------------------------------------------------------------
 
@@ -162,15 +172,15 @@ class UnloadDetector(TargetDetector):
         return None
 
     def _judge_orphans(self, t: float) -> Verdict | None:
-        if self.orphans is None or self.orphans_since is None:
+        if self.orphans_since is None or t - self.orphans_since < self.settings.unload_grace:
             return None
-        if t - self.orphans_since < self.settings.unload_grace:
-            return None
-        held_now = self.view.held_by_pid()
-        survivors = {pid: held_now[pid] for pid in self.orphans if held_now.get(pid, 0.0) >= _NOISE_MIB}
+        cutoff = self.orphan_cutoff
+        self.orphans_since = None
         main = self.view.pid
-        survivors.pop(main, None) if main is not None else None
-        self.orphans, self.orphans_since = None, None
+        survivors = {
+            pid: mem for pid, mem in self.view.held_by_pid().items()
+            if mem >= _NOISE_MIB and pid != main and self.first_seen.get(pid, t) < cutoff
+        }
         if not survivors:
             return None
         self.watch, self.watch_model = survivors, None

@@ -72,6 +72,7 @@ class TargetView:
         self.token_rate: float | None = None
         self.progress_t: float | None = None
         self.work_since: float | None = None
+        self.load_history: deque[tuple[float, int]] = deque(maxlen=64)
         self.served_t: float | None = None
         # Canaries.
         self.last_canary: Canary | None = None
@@ -117,6 +118,7 @@ class TargetView:
         if poll.running is not None or poll.waiting is not None:
             in_flight = (poll.running or 0) + (poll.waiting or 0)
             self.running, self.waiting = poll.running, poll.waiting
+            self.load_history.append((t, in_flight))
             if in_flight > 0:
                 if self.work_since is None:
                     self.work_since = t
@@ -149,7 +151,7 @@ class TargetView:
         stop = t
         if self.token_rate and self.token_rate > 0:
             stop = min(t, previous_t + delta / self.token_rate)
-        self.progress_t = max(self.progress_t or stop, stop)
+        self.progress_t = stop if self.progress_t is None else max(self.progress_t, stop)
         if stop >= t - 1e-9:  # a whole interval of flow: a fair sample of the rate
             rate = delta / interval
             self.token_rate = rate if self.token_rate is None else (
@@ -161,10 +163,10 @@ class TargetView:
         if canary.ok:
             self.served_t = canary.t
             self.pid_served = True
-            self.progress_t = max(self.progress_t or canary.t, canary.t)
+            self.progress_t = canary.t if self.progress_t is None else max(self.progress_t, canary.t)
         elif (canary.tokens or 0) > 0:
             first = canary.start + (canary.ttft_s or 0.0)
-            self.progress_t = max(self.progress_t or first, first)
+            self.progress_t = first if self.progress_t is None else max(self.progress_t, first)
         if canary.error not in (None, "refused"):
             self.pid_served = True  # it accepted the connection
 
@@ -202,6 +204,13 @@ class TargetView:
             self.restart_finished_t = event.t
 
     # --- derived signals ----------------------------------------------------------------------
+
+    def requests_before(self, t: float) -> int | None:
+        """Requests in flight at the last poll before ``t`` (None if the server does not say)."""
+        for when, count in reversed(self.load_history):
+            if when < t:
+                return count
+        return None
 
     def held_mib(self) -> float:
         """GPU memory held by the target's processes, over all its GPUs."""
