@@ -36,6 +36,8 @@ class TargetDetector:
     """
 
     finding: ClassVar[str]
+    #: The record types this detector looks at (the engine routes only these).
+    wants: ClassVar[tuple[type, ...]] = (object,)
 
     def __init__(self, view: TargetView) -> None:
         self.view = view

@@ -39,6 +39,7 @@ class _Baseline:
 
 class DegradedDetector(TargetDetector):
     finding = "degraded"
+    wants = (Canary,)
 
     def __init__(self, view) -> None:  # type: ignore[no-untyped-def]
         super().__init__(view)

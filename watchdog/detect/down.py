@@ -17,6 +17,7 @@ _GONE = ("gone", "zombie")
 
 class DownDetector(TargetDetector):
     finding = "down"
+    wants = (ServerPoll, Canary, ProcessSample, Event)
 
     def __init__(self, view) -> None:  # type: ignore[no-untyped-def]
         super().__init__(view)

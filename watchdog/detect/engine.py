@@ -45,11 +45,20 @@ DETECTORS: tuple[type[TargetDetector], ...] = (
 
 
 class _Target:
-    __slots__ = ("view", "detectors")
+    __slots__ = ("view", "detectors", "routes")
 
     def __init__(self, profile: TargetProfile) -> None:
         self.view = TargetView(profile)
         self.detectors = [cls(self.view) for cls in DETECTORS]
+        self.routes: dict[type, list[TargetDetector]] = {}
+
+    def for_record(self, record: Record) -> list[TargetDetector]:
+        kind = type(record)
+        route = self.routes.get(kind)
+        if route is None:
+            route = [d for d in self.detectors if any(issubclass(kind, w) for w in d.wants)]
+            self.routes[kind] = route
+        return route
 
 
 class DetectionEngine:
@@ -140,7 +149,7 @@ class DetectionEngine:
 
     def _run(self, target: _Target, record: Record, changes: list[Finding]) -> None:
         name = target.view.profile.name
-        for detector in target.detectors:
+        for detector in target.for_record(record):
             verdict = detector.observe(record)
             if verdict is not None:
                 finding = self._apply(name, detector.finding, verdict)

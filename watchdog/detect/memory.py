@@ -37,6 +37,7 @@ class _Stretch:
 
 class MemoryGrowthDetector(TargetDetector):
     finding = "memory_growth"
+    wants = (Event, ProcessSample, ServerPoll, GpuSample)
 
     def __init__(self, view) -> None:  # type: ignore[no-untyped-def]
         super().__init__(view)

@@ -67,6 +67,8 @@ def parse_oom(line: str) -> OomReport | None:
 class _OomBase(TargetDetector):
     """Shared clearing: quiet for ``oom_clear_after``, or a restart."""
 
+    wants = (GpuSample, LogLine, Event, ProcessSample)
+
     def __init__(self, view) -> None:  # type: ignore[no-untyped-def]
         super().__init__(view)
         self.last_t: float | None = None

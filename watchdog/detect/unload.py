@@ -42,6 +42,7 @@ class _PendingUnload:
 
 class UnloadDetector(TargetDetector):
     finding = "failed_unload"
+    wants = (Event, ServerPoll, ProcessSample, GpuSample)
 
     def __init__(self, view) -> None:  # type: ignore[no-untyped-def]
         super().__init__(view)

@@ -64,22 +64,26 @@ class Trace:
 
 # --- field decoders -------------------------------------------------------------------------
 
+_NUMBERS = (int, float)
+
+
 def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if type(value) not in _NUMBERS:  # exact types: a bool is not a number here
         raise _Bad(f'field "{name}": expected a number, got {_brief(value)}')
     return value
 
 
 def _integer(value: Any, name: str) -> int:
-    if isinstance(value, float) and value.is_integer():
+    kind = type(value)
+    if kind is int:
+        return value
+    if kind is float and value.is_integer():
         return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Bad(f'field "{name}": expected an integer, got {_brief(value)}')
-    return value
+    raise _Bad(f'field "{name}": expected an integer, got {_brief(value)}')
 
 
 def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise _Bad(f'field "{name}": expected a string, got {_brief(value)}')
     return value
 
@@ -95,24 +99,25 @@ def _procs(value: Any, name: str) -> list[GpuProc]:
         raise _Bad(f'field "{name}": expected a list, got {_brief(value)}')
     out = []
     for item in value:
-        if not isinstance(item, dict):
+        if type(item) is not dict:
             raise _Bad(f'field "{name}": expected objects with pid and mem_mib')
-        data = dict(item)
-        try:
-            pid = _integer(data.pop("pid"), "procs[].pid")
-        except KeyError:
-            raise _Bad('field "procs": an entry has no "pid"') from None
-        mem = data.pop("mem_mib", None)
-        target = data.pop("target", None)
+        if "pid" not in item:
+            raise _Bad('field "procs": an entry has no "pid"')
+        mem = item.get("mem_mib")
+        target = item.get("target")
+        extra = {k: v for k, v in item.items() if k not in _PROC_KEYS} if len(item) > 3 else {}
         out.append(
             GpuProc(
-                pid=pid,
-                mem_mib=None if mem is None else _number(mem, "procs[].mem_mib"),
-                target=None if target is None else _text(target, "procs[].target"),
-                extra=data,
+                _integer(item["pid"], "procs[].pid"),
+                None if mem is None else _number(mem, "procs[].mem_mib"),
+                None if target is None else _text(target, "procs[].target"),
+                extra,
             )
         )
     return out
+
+
+_PROC_KEYS = frozenset({"pid", "mem_mib", "target"})
 
 
 def _models(value: Any, name: str) -> list[LoadedModel]:
@@ -201,6 +206,7 @@ _SPECS: dict[str, tuple[type, _Spec]] = {
     ),
 }
 _CLASS_SPECS = {cls: (name, spec) for name, (cls, spec) in _SPECS.items()}
+_KNOWN = {name: frozenset({"t", "type", *(f[0] for f in spec)}) for name, (_, spec) in _SPECS.items()}
 _LIST_DEFAULTS = {"procs", "models"}
 
 
@@ -216,19 +222,16 @@ def decode_record(data: dict[str, Any]) -> Record:
         raise _Bad('no "t" field')
     cls, spec = _SPECS[kind]
     values: dict[str, Any] = {"t": _number(t, "t")}
-    known = {"t", "type"}
     for name, decoder, required, _ in spec:
-        known.add(name)
         value = data.get(name)
         if value is None:
             if required:
                 raise _Bad(f'{kind} record without "{name}"')
-            if name in _LIST_DEFAULTS:
-                value = []
-            values[name] = value
+            values[name] = [] if name in _LIST_DEFAULTS else None
             continue
         values[name] = decoder(value, name)
-    values["extra"] = {k: v for k, v in data.items() if k not in known}
+    known = _KNOWN[kind]
+    values["extra"] = {} if known.issuperset(data) else {k: v for k, v in data.items() if k not in known}
     return cls(**values)
 
 
