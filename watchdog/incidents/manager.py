@@ -395,8 +395,11 @@ class IncidentManager:
                 return self._view(target)
         return self.store.get(incident_id)
 
-    def list(self, since: float | None = None, limit: int = 50) -> list[Incident]:
-        return self.store.list(since=since, limit=limit)
+    def list(self, since: float | None = None, limit: int = 50, timeline: bool = False) -> list[Incident]:
+        incidents = self.store.list(since=since, limit=limit, timeline=timeline)
+        live = {live.incident.id: target for target, live in self._open.items()}
+        # Open incidents from memory: they may hold changes the store has not taken yet.
+        return [self._view(live[i.id]) if i.id in live and timeline else i for i in incidents]
 
     def recording_path(self, incident: Incident) -> Path | None:
         if incident.recording is None:

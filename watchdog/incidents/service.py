@@ -167,9 +167,9 @@ class Incidents:
     async def get(self, incident_id: int) -> Incident | None:
         return await self._run(self._require().get, incident_id)
 
-    async def list(self, since: float | None = None, limit: int = 50) -> list[Incident]:
+    async def list(self, since: float | None = None, limit: int = 50, timeline: bool = False) -> list[Incident]:
         """Newest first: open incidents and those opened or closed since ``since`` (Unix time)."""
-        return await self._run(self._require().list, since, limit)
+        return await self._run(self._require().list, since, limit, timeline)
 
     def recording_path(self, incident: Incident) -> Path | None:
         if incident.recording is None:
