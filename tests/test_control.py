@@ -12,7 +12,9 @@ import pytest
 
 from tests.control_support import mini_daemon, short_tmpdir
 from tests.support import wait_for
-from watchdog.control import ControlClient, ControlError, ControlServer, ControlSocketError, DaemonUnreachable
+from watchdog.control import ControlClient, ControlError, DaemonUnreachable
+from watchdog.control.server import ControlServer
+from watchdog.control.socket import ControlSocketError
 from watchdog.detect.finding import Finding
 from watchdog.incidents import read_recording
 from watchdog.trace import read_trace_lines

@@ -1,10 +1,9 @@
-"""The daemon's control socket: the server (aiohttp on a unix socket) and its client."""
+"""The daemon's control socket: the server (``watchdog.control.server``, aiohttp on a unix
+socket) and its client (``watchdog.control.client``).
+
+Only the client is imported here: ``watchdogctl status`` should not pay for aiohttp.
+"""
 
 from watchdog.control.client import SOCKET_ENV, ControlClient, ControlError, DaemonUnreachable
-from watchdog.control.server import ControlProvider, ControlServer
-from watchdog.control.socket import ControlSocketError, bind_control_socket
 
-__all__ = [
-    "SOCKET_ENV", "ControlClient", "ControlError", "ControlProvider", "ControlServer", "ControlSocketError",
-    "DaemonUnreachable", "bind_control_socket",
-]
+__all__ = ["SOCKET_ENV", "ControlClient", "ControlError", "DaemonUnreachable"]
