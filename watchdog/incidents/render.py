@@ -48,7 +48,7 @@ def render_incident(incident: Incident, console: Console | None = None, evidence
     for entry in incident.timeline:
         console.print(_entry(entry, with_date=entry.at.astimezone().date() != same_day))
         if evidence and entry.evidence:
-            console.print(Text(f"{'':14}{_evidence(entry.evidence)}", style="dim"))
+            console.print(Text(f"{'':16}{_evidence(entry.evidence)}", style="dim"))
     if incident.recording is not None:
         size = _bytes(incident.recording.bytes)
         console.print(

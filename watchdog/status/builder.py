@@ -192,7 +192,7 @@ def _target(
             age_s=_age(now, poll.t),
         ),
         models=[] if poll is None else [
-            ModelStatus(name=m.name, vram_mib=m.vram_mib, expires_in_s=m.expires_in_s) for m in poll.models
+            ModelStatus(name=m.name, vram_mib=_whole(m.vram_mib), expires_in_s=m.expires_in_s) for m in poll.models
         ],
         last_canary=None
         if canary is None
@@ -220,9 +220,9 @@ def _target_gpu(header: Header, name: str, index: int, sample: GpuSample | None)
     return TargetGpu(
         index=index,
         util=None if sample is None else sample.util,
-        mem_used_mib=None if sample is None else sample.mem_used_mib,
-        mem_total_mib=device.mem_total_mib if device else None,
-        target_mem_mib=held,
+        mem_used_mib=None if sample is None else _whole(sample.mem_used_mib),
+        mem_total_mib=_whole(device.mem_total_mib) if device else None,
+        target_mem_mib=_whole(held),
     )
 
 
@@ -255,8 +255,8 @@ def _gpu(
         name=device.name if device else "",
         state=state,
         util=None if sample is None else sample.util,
-        mem_used_mib=None if sample is None else sample.mem_used_mib,
-        mem_total_mib=device.mem_total_mib if device else None,
+        mem_used_mib=None if sample is None else _whole(sample.mem_used_mib),
+        mem_total_mib=_whole(device.mem_total_mib) if device else None,
         temp_c=None if sample is None else sample.temp_c,
         power_w=None if sample is None else sample.power_w,
         error=None if sample is None else redactor.optional(sample.error),
@@ -279,6 +279,13 @@ def _incident_ref(incident: Incident) -> IncidentRef:
         severity=incident.severity,
         findings=[f.finding for f in incident.active],
     )
+
+
+def _whole(mib: object) -> int | None:
+    """Whole MiB; None for anything that is not a finite number (headers are not validated)."""
+    if isinstance(mib, bool) or not isinstance(mib, (int, float)) or mib != mib or mib in (float("inf"), float("-inf")):
+        return None
+    return int(round(mib))
 
 
 def _age(now: float, t: float) -> float:

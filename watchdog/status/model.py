@@ -57,7 +57,7 @@ class ServerStatus(_Model):
 
 class ModelStatus(_Model):
     name: str
-    vram_mib: float | None = None
+    vram_mib: int | None = None
     expires_in_s: float | None = None
 
 
@@ -74,13 +74,13 @@ class CanaryStatus(_Model):
 
 
 class TargetGpu(_Model):
-    """One GPU a target uses, and how much of it the target holds."""
+    """One GPU a target uses, and how much of it the target holds (memory in whole MiB)."""
 
     index: int
     util: float | None = None
-    mem_used_mib: float | None = None
-    mem_total_mib: float | None = None
-    target_mem_mib: float | None = Field(default=None, description="memory held by this target's processes")
+    mem_used_mib: int | None = None
+    mem_total_mib: int | None = None
+    target_mem_mib: int | None = Field(default=None, description="memory held by this target's processes")
 
 
 class TargetStatus(_Model):
@@ -109,8 +109,8 @@ class GpuStatus(_Model):
     name: str = ""
     state: Health = Field(description="critical: a gpu_fault is raised; unknown: no recent sample or NVML error")
     util: float | None = None
-    mem_used_mib: float | None = None
-    mem_total_mib: float | None = None
+    mem_used_mib: int | None = None
+    mem_total_mib: int | None = None
     temp_c: float | None = None
     power_w: float | None = None
     error: str | None = Field(default=None, description='the device did not answer NVML (e.g. "gpu_lost")')
