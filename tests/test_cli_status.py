@@ -14,7 +14,16 @@ from tests.paths import ROOT
 from watchdog.detect.finding import Finding
 from watchdog.status import StatusSnapshot
 from watchdog.trace import read_trace
-from watchdog.trace.records import Canary, GpuDevice, GpuProc, GpuSample, Header, LoadedModel, ServerPoll, TraceTarget
+from watchdog.trace.records import (
+    Canary,
+    GpuDevice,
+    GpuProc,
+    GpuSample,
+    Header,
+    LoadedModel,
+    ServerPoll,
+    TraceTarget,
+)
 
 HEADER = Header(
     host="box",

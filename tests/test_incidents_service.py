@@ -136,3 +136,37 @@ async def test_restart_through_the_facade_reloads_open_incidents(tmp_path):
         assert len(notes) == 1 and "after a clean stop" in notes[0]
     finally:
         await second.stop()
+
+
+async def test_an_unusable_state_dir_never_stops_the_daemon(tmp_path):
+    blocked = tmp_path / "state"
+    blocked.write_text("a file where the state directory should be")
+    incidents = Incidents(blocked, clock=FakeClock(), header=HEADER)
+    seen = []
+    incidents.bus.subscribe(lambda e: seen.append((e.kind, e.incident.target)))
+    await incidents.start()
+    try:
+        assert any("state store unusable" in p and "kept in memory only" in p for p in incidents.problems)
+        await incidents.on_findings([Finding(1.0, "ollama", "hang", "raised", "stuck")])
+        assert seen == [("opened", "ollama")] and list(incidents.open_incidents) == ["ollama"]
+        assert incidents.open_incidents["ollama"].recording is None  # nowhere to write it
+        [listed] = await incidents.list()
+        assert listed.target == "ollama"
+    finally:
+        await incidents.stop()
+    assert blocked.read_text() == "a file where the state directory should be"
+
+
+async def test_a_database_from_a_newer_version_is_kept_and_history_runs_in_memory(tmp_path):
+    from watchdog.incidents.schema import MIGRATIONS, Migration
+    from watchdog.incidents.store import IncidentStore
+
+    IncidentStore(tmp_path / "state.db", migrations=(*MIGRATIONS, Migration(2, "future", ()))).close()
+    before = (tmp_path / "state.db").read_bytes()
+    incidents = Incidents(tmp_path, clock=FakeClock(), header=HEADER)
+    await incidents.start()
+    try:
+        assert any("newer than this watchdog knows" in p for p in incidents.problems)
+    finally:
+        await incidents.stop()
+    assert (tmp_path / "state.db").read_bytes() == before

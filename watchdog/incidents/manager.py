@@ -117,8 +117,11 @@ class IncidentManager:
     def start(self, t: float = 0.0) -> list[IncidentEvent]:
         """Take over what the previous run left: open incidents and recordings still running."""
         previous = self.store.get_meta("running")
-        self.store.set_meta("running", "1")
-        self.store.set_meta("started_at", str(self._wall(t)))
+        try:
+            self.store.set_meta("running", "1")
+            self.store.set_meta("started_at", str(self._wall(t)))
+        except sqlite3.Error as exc:
+            self._problem("store", f"state store: cannot write ({exc}); incidents are kept in memory until it can")
         self._next_id = self.store.max_id() + 1
         self._prune(t)
         events: list[IncidentEvent] = []

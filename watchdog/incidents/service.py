@@ -32,6 +32,7 @@ from watchdog.incidents.events import EventBus
 from watchdog.incidents.manager import DEFAULT_RETENTION, IncidentManager
 from watchdog.incidents.model import Incident, IncidentEvent
 from watchdog.incidents.recording import DEFAULT_MAX_BYTES
+from watchdog.incidents.store import DB_NAME, IncidentStore, StoreError
 from watchdog.logs import LogOnce
 from watchdog.redact import NO_SECRETS, Redactor
 from watchdog.trace.records import Header, Record
@@ -92,13 +93,25 @@ class Incidents:
     async def start(self) -> None:
         """Open the store (creating or migrating it) and take over the open incidents.
 
-        Raises :class:`watchdog.incidents.store.StoreError` when the state
-        database cannot be used at all (the daemon should exit with its message).
+        A state dir or database that cannot be used at all (read-only, full,
+        from a newer version) does not stop the daemon: incidents are then
+        kept in memory only, and ``problems`` says so (status shows it).
         """
         t = self.clock()
 
         def work() -> list[IncidentEvent]:
-            self._manager = IncidentManager(self.state_dir, wall_start=self.clock.wall_start, **self._settings)
+            fallback = None
+            try:
+                store = IncidentStore(self.state_dir / DB_NAME)
+            except StoreError as exc:
+                fallback = f"{exc}; incidents are kept in memory only, until the daemon restarts"
+                _log.error(f"state store unusable: {fallback}")
+                store = IncidentStore.in_memory()
+            self._manager = IncidentManager(
+                self.state_dir, wall_start=self.clock.wall_start, store=store, **self._settings
+            )
+            if fallback:
+                self._manager.problems["store-open"] = f"state store unusable: {fallback}"
             return self._manager.start(t)
 
         events = await self._run(work)
@@ -180,7 +193,9 @@ class Incidents:
     # --- plumbing -----------------------------------------------------------------------------
 
     def _context_for(self, findings: list[Finding]) -> list[Record]:
-        opening = [f.t for f in findings if f.state == "raised" and f.target not in self._open]
+        # Any raised finding may open an incident (even on a target whose incident closes
+        # earlier in the same batch); they are rare, so the copy costs nothing that matters.
+        opening = [f.t for f in findings if f.state == "raised"]
         if not opening or self._context is None:
             return []
         try:

@@ -36,6 +36,7 @@ from watchdog.incidents.model import (
 from watchdog.incidents.schema import MIGRATIONS, Migration, SchemaError, migrate
 
 DB_NAME = "state.db"
+MEMORY = ":memory:"
 _log = logger.bind(component="incidents")
 
 
@@ -51,14 +52,33 @@ class IncidentStore:
     ) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = self._open(migrations)
+
+    @classmethod
+    def in_memory(cls) -> "IncidentStore":
+        """A store that forgets everything at exit: the fallback when the state dir is unusable."""
+        return cls(MEMORY)
+
+    @property
+    def persistent(self) -> bool:
+        return str(self.path) != MEMORY
 
     # --- opening ------------------------------------------------------------------------------
 
     def _open(self, migrations: Sequence[Migration]) -> sqlite3.Connection:
+        if not self.persistent:
+            conn = sqlite3.connect(MEMORY, isolation_level=None)
+            conn.execute("PRAGMA foreign_keys = ON")
+            migrate(conn, migrations)
+            return conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path.parent}: cannot create the state directory ({exc.strerror})") from None
         try:
             return self._connect(migrations)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the state database ({exc.strerror})") from None
         except SchemaError as exc:
             raise StoreError(f"{self.path}: {exc}") from None
         except sqlite3.OperationalError as exc:
@@ -289,7 +309,7 @@ class IncidentStore:
             ]
         rec = None
         if recording:
-            size = _size(self.path.parent / recording)
+            size = _size(self.path.parent / recording) if self.persistent else 0
             rec = RecordingInfo(file=recording, bytes=size, until=None if until is None else to_datetime(until))
         return Incident(
             id=incident_id,

@@ -8,6 +8,7 @@ check`` does the same after its one round. No I/O, no clock: ``now`` and
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -283,9 +284,9 @@ def _incident_ref(incident: Incident) -> IncidentRef:
 
 def _whole(mib: object) -> int | None:
     """Whole MiB; None for anything that is not a finite number (headers are not validated)."""
-    if isinstance(mib, bool) or not isinstance(mib, (int, float)) or mib != mib or mib in (float("inf"), float("-inf")):
+    if isinstance(mib, bool) or not isinstance(mib, (int, float)) or not math.isfinite(mib):
         return None
-    return int(round(mib))
+    return round(mib)
 
 
 def _age(now: float, t: float) -> float:

@@ -15,7 +15,13 @@ from rich.table import Table
 from rich.text import Text
 
 from watchdog.config.durations import format_duration
-from watchdog.status.model import ActiveFinding, GpuStatus, IncidentRef, StatusSnapshot, TargetStatus
+from watchdog.status.model import (
+    ActiveFinding,
+    GpuStatus,
+    IncidentRef,
+    StatusSnapshot,
+    TargetStatus,
+)
 
 EXIT_OK = 0
 EXIT_DEGRADED = 1
