@@ -340,3 +340,19 @@ def test_incident_severity_follows_the_finding(tmp_path, severity_finding):
     m = manager(tmp_path)
     m.start(0.0)
     assert m.handle([raised(1.0, "t", finding)])[0].incident.severity == severity
+
+
+def test_an_open_incident_without_a_raised_finding_is_closed_at_start(tmp_path):
+    from datetime import datetime, timezone
+
+    from watchdog.incidents.model import Incident
+
+    with IncidentStore(tmp_path / "state" / "state.db") as store, store.transaction():
+        store.put_incident(Incident(id=5, target="ollama", state="open", severity="warning", title="odd",
+                                    opened_at=datetime.fromtimestamp(WALL, tz=timezone.utc)))
+    m = manager(tmp_path)
+    events = m.start(10.0)
+    assert [(e.kind, e.incident.id, e.incident.state) for e in events] == [("closed", 5, "closed")]
+    assert m.open_incidents() == []
+    assert m.get(5).state == "closed"
+    m.stop()

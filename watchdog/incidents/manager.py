@@ -140,6 +140,12 @@ class IncidentManager:
                 ),
             )
             incident = incident.model_copy(update={"findings": carried, "timeline": [*incident.timeline, entry]})
+            if not incident.active:
+                # Open without a raised finding cannot happen through this code; close it, never leave it hanging.
+                incident = incident.model_copy(update={"state": "closed", "closed_at": entry.at})
+                self._save(incident, [entry])
+                events.append(IncidentEvent(kind="closed", incident=incident, change=entry))
+                continue
             self._open[incident.target] = _Live(incident, self._reopen(incident))
             self._save(incident, [entry])
             events.append(IncidentEvent(kind="updated", incident=self._view(incident.target), change=entry))
