@@ -202,23 +202,11 @@ def history_command(obj: Context, incident_id: int | None, since: str | None, li
 
 
 def _write_trace(client: Any, incident_id: int, output: str | None) -> None:
-    """The recording to a file (written whole or not at all) or to stdout."""
-    import os
-    import tempfile
-
     if output is None or output == "-":
         client.trace(incident_id, sys.stdout.buffer)
         sys.stdout.flush()
         return
-    directory = os.path.dirname(os.path.abspath(output))
-    handle = tempfile.NamedTemporaryFile("wb", dir=directory, prefix=".trace-", delete=False)
-    try:
-        with handle:
-            size = client.trace(incident_id, handle)
-        os.replace(handle.name, output)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
+    size = client.save_trace(incident_id, output)
     click.echo(f"wrote {output} ({size} bytes); replay it with `watchdogctl replay {output}`", err=True)
 
 

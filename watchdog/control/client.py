@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -66,6 +67,19 @@ class ControlClient:
             except httpx.HTTPError as exc:
                 raise self._unreachable(exc) from None
         return written
+
+    def save_trace(self, incident_id: int, path: str | Path) -> int:
+        """Write the recording to ``path``, whole or not at all (a temporary file renamed into place)."""
+        path = Path(path)
+        handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=".trace-", delete=False)
+        try:
+            with handle:
+                size = self.trace(incident_id, handle)
+            os.replace(handle.name, path)
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+        return size
 
     def reload(self) -> ReloadStatus:
         return ReloadStatus.model_validate(self._json("POST", "/reload"))

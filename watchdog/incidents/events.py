@@ -6,7 +6,9 @@ itself). It may be a plain function (called inline: keep it quick) or return an
 awaitable (run as its own task on the daemon's loop, so a slow webhook never
 holds up the next finding). Either way, a listener that raises is logged and
 forgotten: it can never break the incident manager or the other listeners.
-Events are published only after the change is committed to the store.
+Events are published after the manager has applied the change and written it
+to the store (or, when the store cannot be written, kept it to retry: a hang is
+still acted on when the disk is full).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Everything that touches SQLite or the recording files runs in **one dedicated
 worker thread** (a single-thread executor), in the order it was asked for, so
 the asyncio loop never waits on a disk and the store is only ever used from the
 thread that opened it. Events go to the listeners on the loop, after the
-manager has applied (and saved) the change.
+manager has applied the change and written it to the store.
 
 How the daemon uses it, for every batch of observations::
 
