@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.control_support import mini_daemon, short_tmpdir
-from tests.support import wait_for
+from tests.support import unavailable, wait_for
 from watchdog.control import ControlClient, ControlError, DaemonUnreachable
 from watchdog.control.server import ControlServer
 from watchdog.control.socket import ControlSocketError
@@ -170,7 +170,7 @@ def test_the_socket_is_0660_and_given_to_the_configured_group():
 def _status_as_nobody(path) -> str:
     """Ask for the status from a forked process running as nobody:nogroup (the code is already loaded)."""
     if os.getuid() != 0:
-        pytest.skip("needs root to switch to another user")
+        unavailable("needs root to run a client as another user (nobody:nogroup)")
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
