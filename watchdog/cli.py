@@ -143,6 +143,138 @@ def replay_command(obj: Context, trace: str, replay_config: str | None, explain:
             sys.exit(1)
 
 
+# --- talking to the daemon: status, history, reload -------------------------------------------
+
+_socket_option = click.option(
+    "--socket", "socket_path", metavar="PATH", default=None,
+    help="The daemon's control socket (default: $INFERENCE_WATCHDOG_SOCKET, else control_socket from the config).",
+)
+
+
+def _control_client(obj: Context, socket_path: str | None) -> Any:
+    from watchdog.control.client import ControlClient, resolve_socket_path
+
+    try:
+        return ControlClient(resolve_socket_path(socket_path, obj.config_path, obj.config_explicit))
+    except ConfigError as exc:
+        fail_config(exc)
+
+
+def _unreachable(exc: Exception) -> Any:
+    from watchdog.status import EXIT_UNREACHABLE
+
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(EXIT_UNREACHABLE)
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status snapshot as JSON (schema in the README).")
+@_socket_option
+@pass_ctx
+def status_command(obj: Context, as_json: bool, socket_path: str | None) -> None:
+    """Show what the running daemon sees: targets, GPUs, findings, open incidents.
+
+    Exit codes: 0 all ok; 1 degraded (a warning finding, or a target not observed
+    lately); 2 critical; 3 the daemon is unreachable.
+    """
+    import json
+
+    from watchdog.control.client import ControlError, DaemonUnreachable
+    from watchdog.status import exit_code_for, render_status
+
+    client = _control_client(obj, socket_path)
+    try:
+        snapshot = client.status()
+    except (DaemonUnreachable, ControlError) as exc:
+        _unreachable(exc)
+    if as_json:
+        click.echo(json.dumps(snapshot.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    else:
+        render_status(snapshot)
+    sys.exit(exit_code_for(snapshot))
+
+
+@cli.command("history")
+@click.argument("incident_id", metavar="[ID]", required=False, type=int)
+@click.option("--since", metavar="24h|ISO", default=None,
+              help='Incidents open, or opened or closed since then: a duration ("24h", "7d") or a time.')
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000), help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print the incidents (with timelines) as JSON.")
+@click.option("--trace", "trace_id", metavar="ID", type=int, default=None,
+              help="Write incident ID's flight recording (trace-v1) for `watchdogctl replay`.")
+@click.option("-o", "--output", metavar="FILE", default=None, help="With --trace: the file to write (default stdout).")
+@_socket_option
+@pass_ctx
+def history_command(obj: Context, incident_id: int | None, since: str | None, limit: int, as_json: bool,
+                    trace_id: int | None, output: str | None, socket_path: str | None) -> None:
+    """Incidents with their timelines (all recent ones, or incident ID in full).
+
+    Exit codes: 0 shown; 1 no such incident or recording; 2 bad arguments; 3 the daemon is unreachable.
+    """
+    import json
+
+    from watchdog.control.client import ControlError, DaemonUnreachable
+    from watchdog.control.params import parse_since
+    from watchdog.incidents.render import render_history, render_incident
+
+    if since is not None:
+        try:
+            parse_since(since, 0.0)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from None
+    if output is not None and trace_id is None:
+        raise click.UsageError("-o/--output goes with --trace ID")
+    client = _control_client(obj, socket_path)
+    try:
+        if trace_id is not None:
+            _write_trace(client, trace_id, output)
+            return
+        if incident_id is not None:
+            incidents = [client.incident(incident_id)]
+        else:
+            incidents = client.incidents(since=since, limit=limit, timeline=True)
+    except DaemonUnreachable as exc:
+        _unreachable(exc)
+    except ControlError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+    if as_json:
+        data = [i.model_dump(mode="json") for i in incidents]
+        click.echo(json.dumps(data[0] if incident_id is not None else data, indent=2, ensure_ascii=False))
+    elif incident_id is not None:
+        render_incident(incidents[0])
+    else:
+        render_history(incidents)
+
+
+def _write_trace(client: Any, incident_id: int, output: str | None) -> None:
+    if output is None or output == "-":
+        client.trace(incident_id, sys.stdout.buffer)
+        sys.stdout.flush()
+        return
+    size = client.save_trace(incident_id, output)
+    click.echo(f"wrote {output} ({size} bytes); replay it with `watchdogctl replay {output}`", err=True)
+
+
+@cli.command("reload")
+@_socket_option
+@pass_ctx
+def reload_command(obj: Context, socket_path: str | None) -> None:
+    """Ask the running daemon to reload its config (like SIGHUP), and say how it went.
+
+    Exit codes: 0 reloaded; 1 the new config was refused (the daemon keeps the old one); 3 unreachable.
+    """
+    from watchdog.control.client import ControlError, DaemonUnreachable
+
+    client = _control_client(obj, socket_path)
+    try:
+        result = client.reload()
+    except (DaemonUnreachable, ControlError) as exc:
+        _unreachable(exc)
+    click.echo(("reloaded: " if result.ok else "refused, still running on the old config: ") + result.message)
+    sys.exit(0 if result.ok else 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     try:

@@ -1,0 +1,168 @@
+"""A small daemon for control-socket tests: the real ControlServer, real Incidents, a real loop.
+
+It stands in only for the wiring the daemon will do (probes and detectors are
+replaced by records and findings the test feeds in); everything it serves goes
+through the real server, store and status builder, on its own thread and loop,
+so synchronous clients and ``watchdogctl`` subprocesses can talk to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from watchdog.control.server import ControlServer
+from watchdog.detect.finding import Finding
+from watchdog.incidents import Incident, Incidents
+from watchdog.status import DaemonInfo, LatestRecords, ReloadStatus, StatusSnapshot, build_status
+from watchdog.trace.records import Header, Record
+
+T = TypeVar("T")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.wall_start = time.time()
+        self._zero = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self._zero
+
+
+class MiniDaemon:
+    def __init__(self, root: Path, header: Header, allow_wedge: bool = False, group: str = "") -> None:
+        self.root = root
+        self.socket_path = root / "control.sock"
+        self.header = header
+        self.clock = Clock()
+        self.latest = LatestRecords()
+        self.findings: dict[tuple[str, str], Finding] = {}
+        self.wedge_allowed = allow_wedge
+        self.group = group
+        self.reload_result = ReloadStatus(at=datetime.now(timezone.utc), ok=True, message="reloaded")
+        self.status_error: Exception | None = None
+        self.ticks: list[float] = []
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="mini-daemon", daemon=True)
+        self.service: Incidents | None = None
+        self.server: ControlServer | None = None
+        self.records: list[Record] = []
+
+    # --- the ControlProvider protocol ---------------------------------------------------------
+
+    async def status(self) -> StatusSnapshot:
+        if self.status_error is not None:
+            raise self.status_error
+        return build_status(
+            header=self.header,
+            polls=self.latest.polls,
+            canaries=self.latest.canaries,
+            gpu_samples=self.latest.gpus,
+            xids=self.latest.xids,
+            findings=list(self.findings.values()),
+            incidents=self.incidents_.open_incidents.values(),
+            daemon=DaemonInfo(config_path=str(self.root / "watchdog.toml"), mode="observe", ready=True,
+                              problems=self.incidents_.problems),
+            now=self.clock(),
+            wall_start=self.clock.wall_start,
+        )
+
+    async def incidents(self, since: float | None, limit: int, timeline: bool) -> list[Incident]:
+        return await self.incidents_.list(since, limit, timeline)
+
+    async def incident(self, incident_id: int) -> Incident | None:
+        return await self.incidents_.get(incident_id)
+
+    def recording_path(self, incident: Incident) -> Path | None:
+        return self.incidents_.recording_path(incident)
+
+    async def reload(self) -> ReloadStatus:
+        return self.reload_result
+
+    def allow_wedge(self) -> bool:
+        return self.wedge_allowed
+
+    # --- driving it from the test -------------------------------------------------------------
+
+    @property
+    def incidents_(self) -> Incidents:
+        assert self.service is not None
+        return self.service
+
+    def start(self) -> None:
+        self._thread.start()
+        self.call(self._start)
+
+    async def _start(self) -> None:
+        self.service = Incidents(self.root / "state", clock=self.clock, header=self.header,
+                                 context=lambda since: [r for r in self.records if r.t >= since])
+        await self.service.start()
+        self.server = ControlServer(self.socket_path, self, group=self.group)
+        await self.server.start()
+        self._ticker = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            self.ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    def feed(self, records: list[Record], findings: list[Finding] = ()) -> list:
+        async def work() -> list:
+            self.records.extend(records)
+            self.latest.add_all(records)
+            await self.incidents_.on_records(records)
+            for finding in findings:
+                key = (finding.target, finding.finding)
+                if finding.state == "raised":
+                    self.findings[key] = finding
+                else:
+                    self.findings.pop(key, None)
+            return await self.incidents_.on_findings(list(findings))
+
+        return self.call(work)
+
+    def call(self, make: Callable[[], Awaitable[T]]) -> T:
+        return asyncio.run_coroutine_threadsafe(make(), self.loop).result(timeout=30)
+
+    def stop(self) -> None:
+        async def work() -> None:
+            self._ticker.cancel()
+            await self.server.stop()
+            await self.incidents_.stop()
+
+        try:
+            self.call(work)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            self.loop.close()
+
+
+@contextmanager
+def short_tmpdir() -> Iterator[Path]:
+    """A directory with a short path: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="iw-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def mini_daemon(header: Header, **kwargs: Any) -> Iterator[MiniDaemon]:
+    with short_tmpdir() as root:
+        root.chmod(0o755)  # so a test may talk to it as another user
+        daemon = MiniDaemon(root, header, **kwargs)
+        daemon.start()
+        try:
+            yield daemon
+        finally:
+            daemon.stop()

@@ -1,0 +1,9 @@
+"""The daemon's control socket: the server (``watchdog.control.server``, aiohttp on a unix
+socket) and its client (``watchdog.control.client``).
+
+Only the client is imported here: ``watchdogctl status`` should not pay for aiohttp.
+"""
+
+from watchdog.control.client import SOCKET_ENV, ControlClient, ControlError, DaemonUnreachable
+
+__all__ = ["SOCKET_ENV", "ControlClient", "ControlError", "DaemonUnreachable"]

@@ -1,0 +1,189 @@
+"""Talking to the daemon over its control socket (synchronous: ``watchdogctl`` is a short program).
+
+Every way of not reaching the daemon becomes :class:`DaemonUnreachable` with a
+message that says what to check; an error the daemon answered becomes
+:class:`ControlError` with its status and message.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from watchdog.incidents.model import Incident
+from watchdog.status.model import ReloadStatus, StatusSnapshot
+
+SOCKET_ENV = "INFERENCE_WATCHDOG_SOCKET"
+
+
+class DaemonUnreachable(Exception):
+    """No daemon answers on the control socket."""
+
+
+class ControlError(Exception):
+    """The daemon answered with an error."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ControlClient:
+    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+
+    def status(self) -> StatusSnapshot:
+        return StatusSnapshot.model_validate(self._json("GET", "/status"))
+
+    def incidents(self, since: str | None = None, limit: int = 50, timeline: bool = False) -> list[Incident]:
+        params: dict[str, Any] = {"limit": limit, "timeline": int(timeline)}
+        if since:
+            params["since"] = since
+        data = self._json("GET", "/incidents", params=params)
+        return [Incident.model_validate(item) for item in data.get("incidents", [])]
+
+    def incident(self, incident_id: int) -> Incident:
+        return Incident.model_validate(self._json("GET", f"/incidents/{int(incident_id)}"))
+
+    def trace(self, incident_id: int, out: BinaryIO) -> int:
+        """Write the incident's recording (trace-v1) to ``out``; returns the bytes written."""
+        written = 0
+        with self._client() as client:
+            try:
+                with client.stream("GET", f"/incidents/{int(incident_id)}/trace") as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise ControlError(response.status_code, _message(response))
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        written += len(chunk)
+            except httpx.HTTPError as exc:
+                raise self._unreachable(exc) from None
+        return written
+
+    def save_trace(self, incident_id: int, path: str | Path) -> int:
+        """Write the recording to ``path``, whole or not at all (a temporary file renamed into place)."""
+        path = Path(path)
+        handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=".trace-", delete=False)
+        try:
+            with handle:
+                size = self.trace(incident_id, handle)
+            os.replace(handle.name, path)
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+        return size
+
+    def reload(self) -> ReloadStatus:
+        return ReloadStatus.model_validate(self._json("POST", "/reload"))
+
+    def wedge(self, seconds: float) -> dict[str, Any]:
+        return self._json("POST", "/debug/wedge", json={"seconds": seconds})
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _client(self) -> httpx.Client:
+        self._check_socket()
+        return httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.path)),
+            base_url="http://watchdog",
+            timeout=self.timeout,
+        )
+
+    def _json(self, method: str, url: str, **kwargs: Any) -> Any:
+        with self._client() as client:
+            try:
+                response = client.request(method, url, **kwargs)
+            except httpx.HTTPError as exc:
+                raise self._unreachable(exc) from None
+        if response.status_code >= 400:
+            raise ControlError(response.status_code, _message(response))
+        try:
+            return response.json()
+        except ValueError:
+            raise ControlError(response.status_code, "the daemon answered something that is not JSON") from None
+
+    def _check_socket(self) -> None:
+        if not self.path.exists():
+            raise DaemonUnreachable(
+                f"no daemon: {self.path} does not exist (is inference-watchdog running? "
+                "`systemctl status inference-watchdog`)"
+            )
+        if not self.path.is_socket():
+            raise DaemonUnreachable(f"{self.path} is not a socket (wrong control_socket?)")
+        if not os.access(self.path, os.R_OK | os.W_OK):
+            raise DaemonUnreachable(_permission(self.path))
+
+    def _unreachable(self, exc: httpx.HTTPError) -> DaemonUnreachable:
+        if isinstance(exc, httpx.TimeoutException):
+            return DaemonUnreachable(
+                f"the daemon did not answer on {self.path} within {self.timeout:g} s: it may be wedged "
+                "(systemd restarts it when WatchdogSec is set)"
+            )
+        cause = _os_error(exc)
+        if cause is not None and cause.errno == errno.ECONNREFUSED:
+            return DaemonUnreachable(f"nobody listens on {self.path}: a stale socket from a daemon that stopped")
+        if cause is not None and cause.errno in (errno.EACCES, errno.EPERM):
+            return DaemonUnreachable(_permission(self.path))
+        if cause is not None and cause.errno == errno.ENOENT:
+            return DaemonUnreachable(f"no daemon: {self.path} does not exist")
+        return DaemonUnreachable(f"cannot talk to the daemon on {self.path}: {exc}")
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _permission(path: Path) -> str:
+    return (
+        f"permission denied on {path}: run as root or as a member of the socket's group "
+        "([watchdog] control_group)"
+    )
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:200] or f"HTTP {response.status_code}"
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return data["error"]
+    return f"HTTP {response.status_code}"
+
+
+def resolve_socket_path(option: str | None, config_path: str, config_explicit: bool) -> str:
+    """Where the daemon's socket is: ``--socket``, else ``$INFERENCE_WATCHDOG_SOCKET``, else the config's
+    ``control_socket``, else the default.
+
+    A config named explicitly (``--config``) must load (ConfigError otherwise); the
+    default one is used when readable and valid, and skipped otherwise: ``status``
+    must work for an operator who may not read /etc/inference-watchdog, and while
+    a broken edit waits to be reloaded (the daemon still runs on the old one).
+    """
+    from watchdog.config import ConfigError, load_config
+    from watchdog.config.model import WatchdogSettings
+
+    if option:
+        return option
+    if os.environ.get(SOCKET_ENV):
+        return os.environ[SOCKET_ENV]
+    if config_explicit:
+        return load_config(config_path).watchdog.control_socket
+    try:
+        return load_config(config_path).watchdog.control_socket
+    except ConfigError:
+        return WatchdogSettings().control_socket
