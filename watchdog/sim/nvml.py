@@ -154,8 +154,9 @@ class SimNvml:
 
     NVMLError = NVMLError
 
-    def __init__(self, state_dir: str | Path) -> None:
+    def __init__(self, state_dir: str | Path, cache_s: float = CACHE_S) -> None:
         self.state_dir = Path(state_dir)
+        self.cache_s = cache_s
         self._initialised = 0
         self._known: dict[int, _Device] = {}
         self._cache: tuple[float, dict[int, _Device], bool] | None = None
@@ -353,10 +354,10 @@ class SimNvml:
         return dev
 
     def _read(self, force: bool = False) -> tuple[dict[int, _Device], bool]:
-        """The devices as the files say now (cached for 50 ms so one sampling round agrees)."""
+        """The devices as the files say now (cached ``cache_s`` so one sampling round agrees)."""
         with self._lock:
             now = time.monotonic()
-            if not force and self._cache and now - self._cache[0] < CACHE_S:
+            if not force and self._cache and now - self._cache[0] < self.cache_s:
                 return self._cache[1], self._cache[2]
             devices, mismatch = self._merge(read_state_files(self.state_dir))
             self._cache = (now, devices, mismatch)
@@ -383,10 +384,10 @@ class SimNvml:
                 dev.used_mib += float(raw.get("base_used_mib", 0))
                 util = int(raw.get("util", 0)) if fresh else 0
                 dev.util = min(100, dev.util + util)
-                if fresh and util > 0:
-                    busy[index] = True
+                if fresh:
+                    busy[index] = busy.get(index, False) or util > 0
                     dev.temp_c = max(dev.temp_c, float(raw.get("temp_c", 30)))
-                    dev.power_w += float(raw.get("power_w", 20)) - 20.0
+                    dev.power_w = max(dev.power_w, float(raw.get("power_w", 20)))
                 dev.lost = dev.lost or bool(raw.get("lost"))
                 dev.throttle |= int(raw.get("throttle_reasons", 0))
                 dev.ecc_dbe += int(raw.get("ecc_dbe", 0))
