@@ -101,6 +101,8 @@ class SimConfig:
             self.parallel = DEFAULT_PARALLEL[self.kind]
         if not self.instance:
             self.instance = f"{self.kind}-{os.getpid()}"
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
         for rate, label in ((self.decode_tps, "decode rate"), (self.prefill_tps, "prefill rate")):
             if rate <= 0:
                 raise ValueError(f"{label} must be positive")

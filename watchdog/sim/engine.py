@@ -483,9 +483,10 @@ class Engine:
                 self._finish(req, error=SimError("CUDA error: unspecified launch failure"))
         if self.stuck():
             return
-        for req in [r for r in self.running + self.waiting if r.aborted]:
-            self._finish(req, "abort")
         hang_limit = self.faults.param("hang", "after_tokens")
+        if hang_limit is None:  # a hung engine never gets round to processing aborts
+            for req in [r for r in self.running + self.waiting if r.aborted]:
+                self._finish(req, "abort")
         while self.waiting and len(self.running) < self.cfg.parallel:
             req = self.waiting.pop(0)
             req.phase, req.started = "prefill", now
