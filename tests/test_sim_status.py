@@ -48,9 +48,9 @@ def test_vllm_metrics_parse_and_follow_the_work(sim_factory):
 
 
 def test_vllm_metrics_show_running_and_waiting_requests(sim_factory):
-    sim = sim_factory("vllm", "--decode-tps", "20", "--parallel", "2", "--response-tokens", "40")
+    sim = sim_factory("vllm", "--decode-tps", "40", "--parallel", "2", "--response-tokens", "40")
     threads = [threading.Thread(target=httpx.post, args=(f"{sim.url}/v1/completions",),
-                                kwargs={"json": {"model": sim.model, "prompt": "x", "max_tokens": 40},
+                                kwargs={"json": {"model": sim.model, "prompt": "x", "max_tokens": 24},
                                         "timeout": 30}) for _ in range(3)]
     for t in threads:
         t.start()
@@ -61,7 +61,7 @@ def test_vllm_metrics_show_running_and_waiting_requests(sim_factory):
         t.join(30)
     final = metrics(sim.url)
     assert final["vllm:num_requests_running"] == final["vllm:num_requests_waiting"] == 0
-    assert final["vllm:generation_tokens_total"] == 120
+    assert final["vllm:generation_tokens_total"] == 72
 
 
 def test_llamacpp_health_is_503_while_loading_then_ok(sim_factory):
