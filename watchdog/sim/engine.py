@@ -382,7 +382,7 @@ class Engine:
         wait = 5.0 + self._rng.uniform(0.001, 0.05)
         await asyncio.sleep(float(self.faults.param("failed_unload", "report_after_s") or 5.0))
         if orphan in self.orphans:
-            self.log.warn("gpu VRAM usage didn't recover within timeout", source="sched.go:648",
+            self.log.warning("gpu VRAM usage didn't recover within timeout", source="sched.go:648",
                           seconds=f"{wait:.9f}", runner__size=_gib(lm.target_mib),
                           runner__vram=_gib(orphan.mem_mib), runner__parallel=self.cfg.parallel,
                           runner__pid=orphan.runner.pid,
