@@ -59,7 +59,8 @@ class Simulator:
     # -- life cycle ---------------------------------------------------------------------------
     def start(self, timeout: float = READY_TIMEOUT_S) -> Simulator:
         cmd = [sys.executable, "-m", "watchdog.sim", "--kind", self.kind, "--port", "0",
-               "--gpu-dir", str(self.gpu_dir), "--log-file", str(self.log_path), *self.args]
+               "--gpu-dir", str(self.gpu_dir), "--log-file", str(self.log_path), "--exit-with-parent",
+               *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
         started = time.monotonic()
         with open(self.stderr_path, "wb") as err:
