@@ -144,6 +144,7 @@ class Request:
     prefill_done_at: float = 0.0
     finished_at: float = 0.0
     prefill_progress: float = 0.0
+    prompt_counted: int = 0
     decode_progress: float = 0.0
     emitted: int = 0
     aborted: bool = False
@@ -499,9 +500,12 @@ class Engine:
             progressed = True
             if req.phase == "prefill":
                 req.prefill_progress += dt * self.cfg.prefill_tps * slow
+                # counted as it is computed (chunked prefill): a long prompt shows progress
+                done = min(int(req.prefill_progress), req.prompt_tokens)
+                self.counters.prompt_tokens += done - req.prompt_counted
+                req.prompt_counted = done
                 if req.prefill_progress >= req.prompt_tokens:
                     req.phase, req.prefill_done_at = "decode", now
-                    self.counters.prompt_tokens += req.prompt_tokens
                     self.counters.prompt_seconds += req.prefill_seconds
                 continue
             req.decode_progress += dt * self.cfg.decode_tps * slow
