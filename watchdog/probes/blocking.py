@@ -83,7 +83,7 @@ class BlockingRunner:
         future = self.submit(fn, *args)
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             raise DeadlineExceeded(f"{self.name}: no answer within {timeout:g}s") from None
 
     def close(self) -> None:

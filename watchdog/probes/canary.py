@@ -30,7 +30,15 @@ from watchdog.probes.adapters import (
     StreamFormatError,
 )
 from watchdog.probes.base import Clock, Emit
-from watchdog.probes.http import BAD_RESPONSE, HTTP_5XX, REFUSED, TIMEOUT, HttpFailure, classify, read_capped
+from watchdog.probes.http import (
+    BAD_RESPONSE,
+    HTTP_5XX,
+    REFUSED,
+    TIMEOUT,
+    HttpFailure,
+    classify,
+    read_capped,
+)
 from watchdog.probes.lines import LineSplitter
 from watchdog.trace.records import Canary, ServerPoll
 
@@ -113,7 +121,7 @@ class Deadlines:
     total: float
 
     @classmethod
-    def from_settings(cls, settings: CanarySettings) -> "Deadlines":
+    def from_settings(cls, settings: CanarySettings) -> Deadlines:
         return cls(settings.connect_timeout, settings.first_token_timeout, settings.stall_timeout, settings.timeout)
 
 
@@ -209,7 +217,7 @@ async def _stream(
         try:
             async with asyncio.timeout_at(min(first_at, total_at) + offset):
                 response = await client.send(http_request, stream=True)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise expired("first_token" if first_at <= total_at else "total") from None
         except Exception as exc:  # noqa: BLE001
             failure = classify(exc)
@@ -231,7 +239,7 @@ async def _stream(
                 try:
                     async with asyncio.timeout_at(deadline + offset):
                         chunk = await chunks.__anext__()
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     raise expired(phase) from None
                 except StopAsyncIteration:
                     for line in splitter.flush():

@@ -17,9 +17,9 @@ from typing import Any
 
 from watchdog.probes.adapters import CanaryChoice, CanaryRequest, PollParts, ServerAdapter
 from watchdog.probes.http import BAD_RESPONSE, HttpFailure, parse_json
-from watchdog.trace.records import ServerPoll
 from watchdog.probes.openai import openai_canary_requests, parse_model_list
 from watchdog.probes.promtext import MetricsFormatError, first_of, parse_sums
+from watchdog.trace.records import ServerPoll
 
 PROCESSING = "llamacpp:requests_processing"
 DEFERRED = "llamacpp:requests_deferred"
@@ -131,7 +131,7 @@ class LlamaCppAdapter(ServerAdapter):
         self, poll: ServerPoll | None, now: float, configured: Sequence[str]
     ) -> tuple[list[CanaryChoice], str]:
         """llama.cpp serves one model and ignores the name: a canary needs none."""
-        choices, why = super().canary_choices(poll, now, configured)
+        choices, _ = super().canary_choices(poll, now, configured)
         return (choices or [CanaryChoice(None)]), ""
 
     def canary_requests(self, choice: CanaryChoice, prompt: str, max_tokens: int) -> list[CanaryRequest]:

@@ -21,7 +21,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -304,7 +304,7 @@ class DockerSource(LogSource):
                 if not stop.is_set():
                     loop.call_soon_threadsafe(put, exc)
 
-        self._since = datetime.now(timezone.utc)
+        self._since = datetime.now(UTC)
         thread = threading.Thread(target=pump, name=f"iw-dlog-{self.container}", daemon=True)
         thread.start()
         try:
@@ -316,7 +316,7 @@ class DockerSource(LogSource):
                     raise LogSourceError(str(item))
                 if isinstance(item, BaseException):
                     raise LogSourceError(f"container {self.container}: {_brief(item)}")
-                self._since = datetime.now(timezone.utc)
+                self._since = datetime.now(UTC)
                 yield item
         finally:
             stop.set()

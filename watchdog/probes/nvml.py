@@ -176,8 +176,7 @@ class TimedNvml:
             stats.errors += failed
             stats.total_s += elapsed
             stats.last_s = elapsed
-            if elapsed > stats.max_s:
-                stats.max_s = elapsed
+            stats.max_s = max(stats.max_s, elapsed)
 
     def timings(self) -> dict[str, dict[str, float | int]]:
         """Per function: count, errors, mean/max/last in microseconds."""

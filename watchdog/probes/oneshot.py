@@ -236,7 +236,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
 
-def _num(value: float | int | None) -> str:
+def _num(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.0f}" if isinstance(value, float) else str(value)

@@ -26,7 +26,15 @@ from typing import Any
 
 from watchdog.config.model import Config
 from watchdog.trace.io import write_trace
-from watchdog.trace.records import GpuDevice, GpuSample, Header, Record, TraceTarget, UnknownRecord, Xid
+from watchdog.trace.records import (
+    GpuDevice,
+    GpuSample,
+    Header,
+    Record,
+    TraceTarget,
+    UnknownRecord,
+    Xid,
+)
 
 StreamKey = tuple[str, str]  # ("target:NAME" or "gpu:N" or "other", record type)
 
