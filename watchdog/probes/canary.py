@@ -183,7 +183,7 @@ async def send_canary(
         target=adapter.name,
         ok=error is None,
         model=model,
-        started=started,
+        started=round(started, 3),
         error=error,
         ttft_s=ttft,
         tokens=tokens,

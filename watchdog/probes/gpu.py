@@ -363,6 +363,19 @@ class GpuProbe:
             instances.append(_Mig(handle=handle, gpu_instance=gi))
         return instances
 
+    def _revive(self, placeholder: _Device) -> _Device:
+        """A device that could not be described at init: try again (it may be back)."""
+        try:
+            device = self._describe_device(placeholder.index)
+        except NVMLError as exc:
+            if error_code(exc) in LIBRARY_CODES:
+                raise _LibraryDown(error_name(exc)) from None
+            raise NVMLError(placeholder.broken) from None  # still the first reason
+        device.failing_since = placeholder.failing_since
+        with self._lock:
+            self._devices = [device if d is placeholder else d for d in self._devices]
+        return device
+
     def _library_lost(self, error: str, now: float, log: bool = True) -> None:
         self._initialised = False
         self._down_error = error
@@ -387,9 +400,9 @@ class GpuProbe:
     def _sample(self, device: _Device, t: float, now: float) -> GpuSample:
         """One device. NVMLError for a device failure; _LibraryDown when the library is gone."""
         assert self.nvml is not None
-        nvml, h, i = self.nvml, device.handle, device.index
         if device.broken is not None:
-            raise NVMLError(device.broken)
+            device = self._revive(device)
+        nvml, h, i = self.nvml, device.handle, device.index
         try:
             extra: dict[str, Any] = {}
             memory = _optional(nvml, i, "nvmlDeviceGetMemoryInfo", h)
