@@ -113,7 +113,7 @@ class ServerAdapter(ABC):
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._api_key: SecretValue | None = None
-        self._key_error: str | None = None
+        self.known_models: list[str] = []  # from the last poll that listed models
 
     # --- HTTP plumbing ----------------------------------------------------------------------
 
@@ -172,6 +172,8 @@ class ServerAdapter(ABC):
             parts = PollParts(state="down" if failure.code == "refused" else "error", error=failure.text)
         except Exception as exc:  # noqa: BLE001 - a probe never raises into the loop
             parts = PollParts(state="error", error=f"{BAD_RESPONSE}: {type(exc).__name__}")
+        if parts.state == "ready" and parts.models:
+            self.known_models = [m.name for m in parts.models]
         return ServerPoll(
             t=self.clock(),
             target=self.name,
@@ -200,8 +202,12 @@ class ServerAdapter(ABC):
     def canary_choices(
         self, poll: ServerPoll | None, now: float, configured: Sequence[str]
     ) -> tuple[list[CanaryChoice], str]:
-        """Models a canary may go to now, in order of preference, or ([], why not)."""
-        served = [m.name for m in poll.models] if poll is not None else []
+        """Models a canary may go to now, in order of preference, or ([], why not).
+
+        A server that is down or answers garbage still gets canaries (their
+        failures are evidence), to the models it served last.
+        """
+        served = [m.name for m in poll.models] if poll is not None and poll.models else self.known_models
         if configured:
             return [CanaryChoice(m) for m in configured], ""
         if served:
