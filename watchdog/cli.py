@@ -275,6 +275,49 @@ def reload_command(obj: Context, socket_path: str | None) -> None:
     sys.exit(0 if result.ok else 1)
 
 
+@cli.command("probe")
+@click.argument("targets", nargs=-1)
+@click.option("--all", "all_targets", is_flag=True, help="Every enabled target.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON lines: a trace-v1 header, then the records (replayable).")
+@click.option("--no-canary", is_flag=True, help="Do not send canary prompts.")
+@click.option("--no-logs", is_flag=True, help="Do not read the targets' logs.")
+@pass_ctx
+def probe(obj: Context, targets: tuple[str, ...], all_targets: bool, as_json: bool, no_canary: bool,
+          no_logs: bool) -> None:
+    """Run one round of every probe against TARGETS (or --all) and print what was seen.
+
+    Nothing is changed on any server: canaries only go to models that are
+    already loaded and never extend their keep_alive. Exits 2 on a usage or
+    configuration error, else 0 (it reports; it does not judge).
+    """
+    import asyncio
+
+    from watchdog.probes.oneshot import json_lines, probe_once, render
+
+    config = obj.load()
+    # The tables say what went wrong; the log only adds what they cannot (unless asked).
+    setup_logging(obj.log_format or "text", obj.log_level or "ERROR")  # type: ignore[arg-type]
+    known = [t.name for t in config.targets if t.enabled]
+    if all_targets == bool(targets):
+        raise click.UsageError("name one or more TARGETS, or give --all")
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise click.UsageError(
+            f"unknown or disabled target(s): {', '.join(unknown)} (enabled: {', '.join(known) or 'none'})"
+        )
+    report = asyncio.run(
+        probe_once(config, list(targets) if targets else None, canary=not no_canary, logs=not no_logs)
+    )
+    if as_json:
+        for line in json_lines(report):
+            click.echo(line)
+        return
+    from rich.console import Console
+
+    render(report, Console())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     try:

@@ -1,0 +1,144 @@
+"""Ollama: ``/api/ps`` (loaded models, their VRAM and expiry), unload with ``keep_alive: 0``,
+canaries on ``/api/generate``.
+
+Ollama has no request or token counters, so its canaries carry the progress
+evidence. They must never change what they observe: a canary goes only to a
+model that is already loaded (a request for another one would load it and
+hold VRAM), and carries a ``keep_alive`` equal to the time the model has left,
+so it does not extend the model's life (a model kept forever stays so).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from watchdog.probes.adapters import (
+    CanaryChoice,
+    CanaryRequest,
+    PollParts,
+    ServerAdapter,
+    UnloadResult,
+    bytes_to_mib,
+)
+from watchdog.probes.http import BAD_RESPONSE, HttpFailure, fetch, parse_json
+from watchdog.trace.records import LoadedModel, ServerPoll
+
+FOREVER_AFTER_S = 10 * 365 * 86400.0
+"""An expiry further away than this is Ollama's way of saying keep_alive = -1."""
+MIN_REMAINING_S = 5.0
+"""A model this close to expiring gets no canary: if it expired before the request arrived,
+the request would load it again."""
+UNLOAD_DEADLINE_S = 30.0
+
+
+def parse_ps(data: Any, wall_now: float) -> list[LoadedModel]:
+    """The loaded models of an ``/api/ps`` answer; bad_response if it is not one."""
+    items = data.get("models") if isinstance(data, dict) else None
+    if items is None and isinstance(data, dict) and "models" in data:
+        items = []
+    if not isinstance(items, list):
+        raise HttpFailure(BAD_RESPONSE, '/api/ps: no "models" list')
+    models = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise HttpFailure(BAD_RESPONSE, "/api/ps: a model entry is not an object")
+        name = item.get("name") or item.get("model")
+        if not isinstance(name, str) or not name:
+            raise HttpFailure(BAD_RESPONSE, '/api/ps: a model entry has no "name"')
+        extra: dict[str, Any] = {}
+        size_mib = bytes_to_mib(item.get("size"))
+        if size_mib is not None:
+            extra["size_mib"] = size_mib
+        expires_in = _expires_in(item.get("expires_at"), wall_now)
+        if expires_in == math.inf:
+            extra["keep_alive"] = "forever"
+            expires_in = None
+        models.append(
+            LoadedModel(name=name, vram_mib=bytes_to_mib(item.get("size_vram")), expires_in_s=expires_in, extra=extra)
+        )
+    return models
+
+
+def _expires_in(value: Any, wall_now: float) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    remaining = when.timestamp() - wall_now
+    if remaining > FOREVER_AFTER_S:
+        return math.inf
+    return round(remaining, 3)
+
+
+class OllamaAdapter(ServerAdapter):
+    kind = "ollama"
+    stream_format = "ndjson"
+    supports_unload = True
+
+    async def _poll(self) -> PollParts:
+        data = await self.get_json("/api/ps")
+        return PollParts(state="ready", models=parse_ps(data, self.wall_clock()))
+
+    async def unload(self, model: str) -> UnloadResult:
+        """``keep_alive: 0`` on an empty generate request: Ollama unloads the model now."""
+        try:
+            _, body = await fetch(
+                self.client(),
+                "POST",
+                "/api/generate",
+                deadline=max(self.target.request_timeout, UNLOAD_DEADLINE_S),
+                max_bytes=self.max_body_bytes,
+                json_body={"model": model, "keep_alive": 0},
+            )
+            data = parse_json(body, "/api/generate")
+        except HttpFailure as failure:
+            return UnloadResult(False, failure.text)
+        except Exception as exc:  # noqa: BLE001 - never raises into the daemon
+            return UnloadResult(False, type(exc).__name__)
+        if isinstance(data, dict) and data.get("error"):
+            return UnloadResult(False, str(data["error"])[:200])
+        return UnloadResult(True, str(data.get("done_reason", "")) if isinstance(data, dict) else "")
+
+    def canary_choices(
+        self, poll: ServerPoll | None, now: float, configured: Sequence[str]
+    ) -> tuple[list[CanaryChoice], str]:
+        """Loaded models only, each with the keep_alive that leaves its expiry where it is."""
+        if poll is None or poll.state != "ready":
+            return [], "the loaded models are not known (no successful /api/ps yet)"
+        loaded = {m.name: m for m in poll.models}
+        names = [m for m in configured if m in loaded] if configured else list(loaded)
+        if not names:
+            return [], "no model loaded" + (" among canary.models" if configured and loaded else "")
+        choices, reasons = [], []
+        for name in names:
+            model = loaded[name]
+            if model.extra.get("keep_alive") == "forever":
+                choices.append(CanaryChoice(name, keep_alive=-1))
+                continue
+            if model.expires_in_s is None:
+                reasons.append(f"{name}: expiry unknown")
+                continue
+            remaining = model.expires_in_s - max(0.0, now - poll.t)
+            if remaining < MIN_REMAINING_S:
+                reasons.append(f"{name}: expires in {max(remaining, 0):.0f}s")
+                continue
+            choices.append(CanaryChoice(name, keep_alive=float(math.floor(remaining))))
+        return choices, "; ".join(reasons)
+
+    def canary_requests(self, choice: CanaryChoice, prompt: str, max_tokens: int) -> list[CanaryRequest]:
+        body: dict[str, Any] = {
+            "model": choice.model,
+            "prompt": prompt,
+            "stream": True,
+            "options": {"temperature": 0, "num_predict": max_tokens},
+        }
+        if choice.keep_alive is not None:
+            body["keep_alive"] = int(choice.keep_alive) if choice.keep_alive >= 0 else -1
+        return [CanaryRequest("POST", "/api/generate", body, "ndjson")]

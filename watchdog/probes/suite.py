@@ -1,0 +1,149 @@
+"""Every probe for a config, built and wired together, for the daemon and ``watchdogctl probe``.
+
+Wiring done here, so callers only schedule:
+
+- each target's :class:`ServerProbe` hands its polls to the target's
+  :class:`~watchdog.probes.canary.CanaryProbe` (which needs them to know
+  loaded models, Ollama expiries and whether real traffic makes progress);
+- the :class:`~watchdog.probes.gpu.GpuProbe` tags GPU processes with their
+  target through the :class:`~watchdog.probes.attribution.Attributor`, which
+  the :class:`~watchdog.probes.processes.ProcessProbe` shares;
+- one :class:`~watchdog.probes.dockerapi.DockerAccess` for every target that
+  runs in a container.
+
+Each probe has an async method that performs one round, emits records
+through ``emit`` and never raises: ``ServerProbe.round``, ``CanaryProbe.round``,
+``GpuProbe.round``, ``ProcessProbe.round``; ``LogProbe.run`` follows a log
+until cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from watchdog.config.model import Config, TargetSettings
+from watchdog.logs import LogOnce
+from watchdog.probes.adapters import ServerAdapter, make_adapter
+from watchdog.probes.attribution import Attributor
+from watchdog.probes.base import Clock, Emit
+from watchdog.probes.canary import CanaryProbe
+from watchdog.probes.dockerapi import DockerAccess
+from watchdog.probes.gpu import GpuProbe
+from watchdog.probes.logwatch import LogProbe, source_for
+from watchdog.probes.nvml import load_table
+from watchdog.probes.processes import ProcessProbe
+from watchdog.trace.records import ServerPoll
+
+PollListener = Callable[[ServerPoll], None]
+
+
+class ServerProbe:
+    """Polls one server's status endpoints; each poll is emitted and handed to listeners."""
+
+    def __init__(self, adapter: ServerAdapter, emit: Emit, *, listeners: Sequence[PollListener] = ()) -> None:
+        self.adapter = adapter
+        self.emit = emit
+        self.listeners = list(listeners)
+        self.last: ServerPoll | None = None
+        self._log = LogOnce(f"server.{adapter.name}")
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name
+
+    async def round(self) -> ServerPoll:
+        """One poll (bounded by the target's request_timeout). Never raises."""
+        try:
+            async with asyncio.timeout(self.adapter.target.request_timeout + 1.0):
+                poll = await self.adapter.poll()
+        except TimeoutError:
+            poll = ServerPoll(t=self.adapter.clock(), target=self.name, state="error", error="timeout")
+        if poll.error:
+            self._log.problem("poll", f"{self.name}: {poll.state}: {poll.error}")
+        else:
+            self._log.ok("poll", f"{self.name}: answers again ({poll.state})")
+        self.last = poll
+        self.emit(poll)
+        for listener in self.listeners:
+            listener(poll)
+        return poll
+
+
+@dataclass
+class TargetProbes:
+    """The probes of one target."""
+
+    settings: TargetSettings
+    adapter: ServerAdapter
+    server: ServerProbe
+    canary: CanaryProbe
+    logs: LogProbe | None
+
+
+class ProbeSuite:
+    """Builds every probe for the enabled targets of a config."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        emit: Emit,
+        *,
+        gpu_table: Any = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        docker: DockerAccess | None = None,
+        journal_command: Sequence[str] = ("journalctl",),
+        systemctl: Sequence[str] = ("systemctl",),
+        targets: Sequence[str] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.emit = emit
+        chosen = [t for t in config.targets if t.enabled and (targets is None or t.name in targets)]
+        if docker is None and any(t.container for t in chosen):
+            docker = DockerAccess()
+        self.docker = docker
+        self.attributor = Attributor(chosen, docker=docker, systemctl=systemctl)
+        self.targets: dict[str, TargetProbes] = {}
+        for settings in chosen:
+            adapter = make_adapter(settings, clock, transport=transport)
+            canary = CanaryProbe(adapter, settings.canary, clock, emit)
+            server = ServerProbe(adapter, emit, listeners=[canary.note_poll])
+            source = source_for(settings, docker, journal_command)
+            logs = LogProbe(settings.name, source, clock, emit) if source is not None else None
+            self.targets[settings.name] = TargetProbes(settings, adapter, server, canary, logs)
+        self.processes = ProcessProbe(list(self.targets), self.attributor, clock, emit)
+        self.gpu = self._make_gpu(gpu_table)
+
+    def _make_gpu(self, table: Any) -> GpuProbe | None:
+        settings = self.config.watchdog
+        if table is None:
+            if settings.gpu_backend == "none":
+                return None
+            table = load_table(settings.gpu_backend, settings.sim_gpu_dir)
+        return GpuProbe(
+            table,
+            self.clock,
+            self.emit,
+            attribute=self.attributor.owners,
+            deadline=max(1.0, min(5.0, settings.gpu_interval)),
+            required=settings.gpu_backend in ("nvml", "sim"),
+        )
+
+    def target_gpus(self) -> dict[str, list[int]]:
+        """Each target's GPUs: configured, or found from its processes (``gpus = "auto"``)."""
+        return {name: self.attributor.gpus_of(name) for name in self.targets}
+
+    async def aclose(self) -> None:
+        for probes in self.targets.values():
+            await probes.adapter.aclose()
+        if self.gpu is not None:
+            await asyncio.to_thread(self.gpu.close)
+        self.processes.close()
+        if self.docker is not None:
+            self.docker.close()
