@@ -275,6 +275,33 @@ def reload_command(obj: Context, socket_path: str | None) -> None:
     sys.exit(0 if result.ok else 1)
 
 
+@cli.group("debug")
+def debug_group() -> None:
+    """Tools for testing the watchdog itself."""
+
+
+@debug_group.command("wedge")
+@click.option("--seconds", type=float, default=60.0, show_default=True)
+@_socket_option
+@pass_ctx
+def debug_wedge(obj: Context, seconds: float, socket_path: str | None) -> None:
+    """Block the daemon's main loop for SECONDS, to prove systemd's WatchdogSec restarts it.
+
+    Refused unless the config says [debug] allow_wedge = true.
+    """
+    from watchdog.control.client import ControlError, DaemonUnreachable
+
+    client = _control_client(obj, socket_path)
+    try:
+        client.wedge(seconds)
+    except ControlError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except DaemonUnreachable as exc:
+        _unreachable(exc)
+    click.echo(f"the daemon's main loop is blocked for {seconds:g} s")
+
+
 @cli.command("probe")
 @click.argument("targets", nargs=-1)
 @click.option("--all", "all_targets", is_flag=True, help="Every enabled target.")
@@ -316,6 +343,30 @@ def probe(obj: Context, targets: tuple[str, ...], all_targets: bool, as_json: bo
     from rich.console import Console
 
     render(report, Console())
+
+
+@cli.command("run")
+@pass_ctx
+def run_command(obj: Context) -> None:
+    """Run the watchdog daemon in the foreground (what the systemd unit starts).
+
+    SIGTERM stops it; SIGHUP reloads the config (a broken one is refused and the
+    running config kept). Exits 2 if the config cannot be used at start.
+    """
+    import asyncio
+
+    from watchdog.daemon import run_daemon
+
+    from loguru import logger
+
+    config = obj.load()
+    obj.setup_logging(config)
+    try:
+        code = asyncio.run(run_daemon(obj.config_path, config))
+    except Exception as exc:  # noqa: BLE001 - one clear line for the journal, then exit for systemd
+        logger.opt(exception=exc).critical(f"the daemon failed: {exc!r}")
+        code = 1
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,9 @@ FOREVER_AFTER_S = 10 * 365 * 86400.0
 MIN_REMAINING_S = 5.0
 """A model this close to expiring gets no canary: if it expired before the request arrived,
 the request would load it again."""
+OVERDUE_AFTER_S = 2.0
+"""A model still listed this long after its expiry is held by a request in flight (Ollama
+stops the expiry timer while a request runs): it is busy, or stuck, and gets its canary."""
 UNLOAD_DEADLINE_S = 30.0
 
 
@@ -82,9 +85,25 @@ class OllamaAdapter(ServerAdapter):
     stream_format = "ndjson"
     supports_unload = True
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._overdue_since: dict[str, float] = {}
+
     async def _poll(self) -> PollParts:
         data = await self.get_json("/api/ps")
-        return PollParts(state="ready", models=parse_ps(data, self.wall_clock()))
+        models = parse_ps(data, self.wall_clock())
+        self._note_overdue(models)
+        return PollParts(state="ready", models=models)
+
+    def _note_overdue(self, models: list[LoadedModel]) -> None:
+        """Remember since when each listed model has been past its expiry (see OVERDUE_AFTER_S)."""
+        now = self.clock()
+        overdue: dict[str, float] = {}
+        for model in models:
+            if model.expires_in_s is not None and model.expires_in_s <= 0:
+                overdue[model.name] = self._overdue_since.get(model.name, now)
+        self._overdue_since = overdue
+
 
     async def unload(self, model: str) -> UnloadResult:
         """``keep_alive: 0`` on an empty generate request: Ollama unloads the model now."""
@@ -124,6 +143,12 @@ class OllamaAdapter(ServerAdapter):
                 continue
             if model.expires_in_s is None:
                 reasons.append(f"{name}: expiry unknown")
+                continue
+            overdue = self._overdue_since.get(name)
+            if overdue is not None and now - overdue >= OVERDUE_AFTER_S:
+                # Past its expiry yet still loaded: a request holds it. Probe it with the
+                # server's default keep_alive, as any client would.
+                choices.append(CanaryChoice(name, keep_alive=None))
                 continue
             remaining = model.expires_in_s - max(0.0, now - poll.t)
             if remaining < MIN_REMAINING_S:

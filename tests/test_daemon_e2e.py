@@ -1,0 +1,126 @@
+"""``watchdogctl run`` end to end: a real daemon process, a real simulator, a real NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.daemon_support import DaemonProcess, NotifySocket, ctl, status_json, write_config
+from tests.simulator import sim_factory  # noqa: F401 - fixture
+from tests.support import wait_for
+
+FAST_CANARY = {"interval": "2s", "confirm_interval": "1s", "first_token_timeout": "3s", "stall_timeout": "3s",
+               "timeout": "10s"}
+
+
+@pytest.fixture
+def notify(tmp_path: Path):
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+def ollama_target(sim) -> dict:  # type: ignore[no-untyped-def]
+    return {"name": "ollama", "kind": "ollama", "url": sim.url, "log_file": str(sim.log_path),
+            "canary": dict(FAST_CANARY)}
+
+
+def start(config: Path, tmp_path: Path, notify: NotifySocket | None = None, watchdog_usec: int = 1_000_000):
+    env = {}
+    if notify is not None:
+        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(watchdog_usec)}
+    return DaemonProcess(config, tmp_path, env)
+
+
+def test_systemd_hears_ready_status_watchdog_and_stopping(tmp_path: Path, notify: NotifySocket, sim_factory) -> None:
+    sim = sim_factory("ollama", gpu_dir=tmp_path / "gpu")
+    config = write_config(tmp_path / "w.toml", tmp_path, [ollama_target(sim)], gpu_dir=tmp_path / "gpu")
+    daemon = start(config, tmp_path, notify)
+    try:
+        ready = notify.wait("READY=1", 30)
+        status = notify.wait("STATUS=", 5)
+        assert "1 target" in status, status
+        notify.wait("WATCHDOG=1", 10)
+        # A wedged main loop stops the pings: systemd would restart the daemon.
+        before = time.monotonic()
+        result = ctl(config, "debug", "wedge", "--seconds", "4")
+        assert result.returncode == 0, result.stderr
+        notify.wait("WATCHDOG=1", 15, after=before + 4.0)  # they come back once the loop runs again
+        pings = notify.times("WATCHDOG=1")
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        assert max(gaps) >= 3.5, f"pings kept coming during the wedge: gaps {gaps}"
+        wedged = [p for p in pings if before + 0.5 < p < before + 3.5]
+        assert wedged == [], "a WATCHDOG=1 arrived while the main loop was wedged"
+        assert ready
+    finally:
+        code = daemon.stop()
+    notify.wait("STOPPING=1", 5)
+    assert code == 0, daemon.log_text()[-2000:]
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one(tmp_path: Path, sim_factory) -> None:
+    sim = sim_factory("ollama", gpu_dir=tmp_path / "gpu")
+    config = write_config(tmp_path / "w.toml", tmp_path, [ollama_target(sim)], gpu_dir=tmp_path / "gpu")
+    good = config.read_text()
+    daemon = start(config, tmp_path)
+    try:
+        wait_for(lambda: (s := status_json(config)) and s["daemon"]["ready"], 30, "the daemon to be ready")
+        config.write_text(good.replace('interval = "2s"', 'interval = "soon"'))
+        daemon.signal(signal.SIGHUP)
+        refused = wait_for(lambda: (s := status_json(config)) and s["daemon"].get("last_reload"), 20,
+                           "a reload result")
+        assert refused["ok"] is False
+        assert 'targets[0].canary.interval: expected a duration like "30s", got "soon"' in refused["message"]
+        assert daemon.alive()
+        snapshot = status_json(config)
+        assert snapshot is not None and [t["name"] for t in snapshot["targets"]] == ["ollama"]
+        assert any("reload refused" in line.get("msg", "") for line in daemon.log())
+        # A good change is taken (through the control socket this time).
+        config.write_text(good.replace('name = "ollama"', 'name = "ollama-renamed"'))
+        result = ctl(config, "reload")
+        assert result.returncode == 0, result.stdout + result.stderr
+        renamed = wait_for(lambda: (s := status_json(config)) and [t["name"] for t in s["targets"]]
+                           == ["ollama-renamed"] and s, 20, "the renamed target")
+        assert renamed["daemon"]["last_reload"]["ok"] is True
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_sigkill_mid_incident_keeps_it_across_a_restart(tmp_path: Path, sim_factory) -> None:
+    sim = sim_factory("ollama", gpu_dir=tmp_path / "gpu")
+    config = write_config(tmp_path / "w.toml", tmp_path, [ollama_target(sim)], gpu_dir=tmp_path / "gpu")
+    daemon = start(config, tmp_path)
+    try:
+        wait_for(lambda: (s := status_json(config)) and s["daemon"]["ready"], 30, "the daemon to be ready")
+        # A user loads the model; then generation hangs (/api/ps keeps answering).
+        httpx.post(f"{sim.url}/api/generate", json={"model": sim.model, "prompt": "hi", "stream": False},
+                   timeout=30).raise_for_status()
+        wait_for(lambda: (s := status_json(config)) and s["targets"][0]["models"], 20, "the model in /api/ps")
+        sim.inject("hang")
+        snapshot = wait_for(lambda: (s := status_json(config)) and s["targets"][0]["incident"] and s, 60,
+                            "a hang incident")
+        incident = snapshot["targets"][0]["incident"]
+        assert "hang" in incident["findings"]
+        assert ctl(config, "status").returncode == 2  # critical
+    finally:
+        daemon.kill()  # SIGKILL, mid-incident
+    daemon = start(config, tmp_path)
+    try:
+        wait_for(lambda: status_json(config), 30, "the restarted daemon")
+        history = ctl(config, "history", str(incident["id"]))
+        assert history.returncode == 0, history.stderr
+        assert "hang" in history.stdout
+        assert "open" in history.stdout.lower()
+        trace = tmp_path / "incident.trace.jsonl"
+        saved = ctl(config, "history", "--trace", str(incident["id"]), "-o", str(trace))
+        assert saved.returncode == 0, saved.stderr
+        replayed = ctl(config, "replay", str(trace))
+        assert replayed.returncode == 0
+        assert '"finding": "hang"' in replayed.stdout
+    finally:
+        sim.inject("recover")
+        assert daemon.stop() == 0
