@@ -39,7 +39,8 @@ from tests.infra.system import CACHE_DIR, InfraError, cached_file, ensure_comman
 from tests.support import unavailable, wait_for
 
 SUITE = "bookworm"
-INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv")
+INCLUDE = ("systemd", "systemd-sysv", "dbus", "procps", "python3", "python3-venv")
+# procps: /bin/kill (the unit's ExecReload), ps; on every real Debian host, not in minbase.
 # Trimmed from the rootfs after debootstrap: nothing a test needs, a third of its size.
 TRIM = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/locale", "usr/share/man")
 RECIPE = f"debootstrap --variant=minbase --include={','.join(INCLUDE)} {SUITE}; trim {' '.join(TRIM)}; v1"
