@@ -249,7 +249,11 @@ def start_systemd_container(engine: DockerEngine, image: str) -> SystemdContaine
     """Boot ``image`` with systemd as PID 1, the way that works on these hosts (see the notes)."""
     container = engine.client.containers.run(
         image,
-        ["/lib/systemd/systemd"],
+        # systemd makes every mount shared at boot on a host, but not in a container
+        # (it leaves that to the container manager, and Docker's are private).
+        # Units with LoadCredential= (and other per-unit mounts made in a child
+        # namespace) need it: without it their credentials directory stays empty.
+        ["/bin/sh", "-c", "mount --make-rshared / && exec /lib/systemd/systemd"],
         detach=True,
         cap_add=["SYS_ADMIN"],
         security_opt=["seccomp=unconfined"],
