@@ -51,7 +51,7 @@ def test_container_process_shows_its_container_in_its_cgroup(
         container.remove(force=True)
 
 
-def test_our_python_serves_from_a_container_on_a_published_port(python_containers) -> None:  # noqa: ANN001
+def test_our_python_serves_from_a_container_on_a_published_port(python_containers) -> None:
     server = python_containers(["-m", "http.server", "--bind", "0.0.0.0", "8000"], container_port=8000)
     response = server.wait_http("/")
     assert response.status_code == 200

@@ -46,7 +46,7 @@ def test_systemd_restarts_a_unit_whose_process_dies(systemd_container: SystemdCo
     assert int(shown["MainPID"]) not in (0, first)
 
 
-def test_files_copied_in_are_there(systemd_container: SystemdContainer, tmp_path) -> None:  # noqa: ANN001
+def test_files_copied_in_are_there(systemd_container: SystemdContainer, tmp_path) -> None:
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "hello.txt").write_text("hello from the host\n")

@@ -24,7 +24,7 @@ CONFIG = "/etc/inference-watchdog/watchdog.toml"
 STATE = "/var/lib/inference-watchdog"
 
 
-def _install(box: SystemdContainer, *args: str, check: bool = True):  # noqa: ANN202
+def _install(box: SystemdContainer, *args: str, check: bool = True):
     return box.exec([f"{SRC}/scripts/install.sh", *args], timeout=300, check=check)
 
 
