@@ -128,12 +128,12 @@ def discover_command(ports: list[int], host: str, docker_host: str | None, no_do
     Exits 0 when it found at least one server, 1 when it found none.
     """
     import socket
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from watchdog.discover import discover, render_config, render_summary
 
     found = discover(ports, host=host, docker_host=docker_host, use_docker=not no_docker, timeout=timeout)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     click.echo(render_config(found, host=socket.gethostname(), when=when), nl=False)
     for line in render_summary(found):
         click.echo(line, err=True)

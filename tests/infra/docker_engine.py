@@ -457,6 +457,7 @@ def run_python_container(
     env: dict[str, str] | None = None,
     mounts: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
+    host_network: bool = False,
     attempts: int = 3,
 ) -> PythonContainer:
     """Start ``python ARGS`` in a container of ``image``; ``container_port`` published on 127.0.0.1.
@@ -464,19 +465,25 @@ def run_python_container(
     ``mounts`` maps host paths to ``"container_path[:ro|rw]"`` (writable by default).
     The host port is chosen free here (the engine's own allocator does not know
     about other engines on this machine) and retried if someone takes it first.
+    With ``host_network`` the container shares the host's network (``--network
+    host``, as many run Ollama): nothing is published, the server itself listens
+    on the host's ``container_port``.
     """
     environment = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", **(env or {})}
+    if host_network:
+        networking: dict[str, object] = {"network_mode": "host"}
     last: Exception | None = None
     for _ in range(attempts):
-        host_port = free_port()
+        host_port = container_port if host_network else free_port()
+        if not host_network:
+            networking = {"network": engine.network, "ports": {f"{container_port}/tcp": ("127.0.0.1", host_port)}}
         try:
             container = engine.client.containers.run(
                 image,
                 [sys.executable, *args],
                 name=name,
                 detach=True,
-                network=engine.network,
-                ports={f"{container_port}/tcp": ("127.0.0.1", host_port)},
+                **networking,
                 volumes=python_mounts(mounts),
                 environment=environment,
                 working_dir=str(ROOT),
@@ -496,11 +503,12 @@ def run_python_container(
 
 @pytest.fixture
 def python_containers(docker_engine: DockerEngine, busybox_image: str) -> Iterator[Callable[..., PythonContainer]]:
-    """A factory ``start(args, container_port=..., **kw) -> PythonContainer``; removed after the test."""
+    """A factory ``start(args, container_port=..., image=None, **kw) -> PythonContainer`` (see
+    :func:`run_python_container` for the keywords); every container is removed after the test."""
     started: list[PythonContainer] = []
 
-    def start(args: Sequence[str], **kwargs: object) -> PythonContainer:
-        running = run_python_container(docker_engine, busybox_image, args, **kwargs)  # type: ignore[arg-type]
+    def start(args: Sequence[str], *, image: str | None = None, **kwargs: object) -> PythonContainer:
+        running = run_python_container(docker_engine, image or busybox_image, args, **kwargs)  # type: ignore[arg-type]
         started.append(running)
         return running
 

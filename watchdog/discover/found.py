@@ -46,6 +46,7 @@ class Placement:
     image: str = ""
     unit: str = ""
     via: str = ""  # how the placement was found (cgroup, published port...)
+    container_state: str = ""  # Docker's state of the container, when it was asked
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class KnownContainer:
     pid: int
     published: dict[int, int] = field(default_factory=dict)  # container port -> host port on loopback/any
     network_mode: str = ""
+    state: str = ""  # Docker's: running, paused, restarting
 
 
 @dataclass(frozen=True)

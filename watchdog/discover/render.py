@@ -46,6 +46,8 @@ def where(server: Server) -> str:
     if place.container_id:
         label = f'container "{place.container_name}"' if place.container_name else f"container {place.container_id[:12]}"
         parts.append(label + (f" ({place.image})" if place.image else ""))
+        if place.container_state and place.container_state != "running":
+            parts.append(f"container {place.container_state.upper()}")
     elif place.unit:
         parts.append(f"unit {place.unit}")
     if place.pid:

@@ -58,7 +58,7 @@ def discover(
         for inside, outside in sorted(container.published.items()):
             if inside == DEFAULT_PORT.get(container.kind):
                 candidates.setdefault(outside)
-    listeners = _listeners()
+    listeners = _listeners(host)
     if listeners is None:
         found.notes.append("cannot list listening sockets here: processes not identified (run as root)")
         listeners = {}
@@ -123,15 +123,16 @@ def _url_host(host: str) -> str:
 # --------------------------------------------------------------------------- processes
 
 
-def _listeners() -> dict[int, int | None] | None:
-    """{port: pid} of TCP sockets listening on loopback or any address; None if not readable."""
+def _listeners(host: str) -> dict[int, int | None] | None:
+    """{port: pid} of TCP sockets listening where ``host`` reaches them; None if not readable."""
     try:
         connections = psutil.net_connections(kind="tcp")
     except (psutil.AccessDenied, OSError):
         return None
     ports: dict[int, int | None] = {}
     for conn in connections:
-        listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.ip in LOOPBACK_OR_ANY
+        reachable = conn.laddr and (conn.laddr.ip in LOOPBACK_OR_ANY or conn.laddr.ip == host)
+        listening = conn.status == psutil.CONN_LISTEN and reachable
         if listening and ports.get(conn.laddr.port) is None:
             ports[conn.laddr.port] = conn.pid
     return ports
@@ -170,7 +171,8 @@ def _place(
         if cid and cid != own_container:
             known = next((c for c in containers if c.id == cid), None)
             return Placement(
-                pid, process, cid, known.name if known else "", known.image if known else "", via="cgroup"
+                pid, process, cid, known.name if known else "", known.image if known else "",
+                via="cgroup", container_state=known.state if known else "",
             )
         unit = service_unit(cgroup)
         if unit:
@@ -179,7 +181,7 @@ def _place(
         # Published with -p: the host's listener is docker-proxy (or an iptables rule).
         return Placement(
             published.pid or None, f"container {published.name}", published.id, published.name, published.image,
-            via=f"port {port} published by the container",
+            via=f"port {port} published by the container", container_state=published.state,
         )
     if name == "docker-proxy":
         return Placement(pid, process, via="docker-proxy: a container's published port (Docker not reachable to name it)")
@@ -205,7 +207,8 @@ def _known_containers(docker_host: str | None, notes: list[str]) -> list[KnownCo
         return []
     try:
         found: list[KnownContainer] = []
-        for summary in client.api.containers(filters={"status": "running"}):
+        # Not only "running": a paused container is a hung server, a restarting one a crashing one.
+        for summary in client.api.containers():
             image = str(summary.get("Image", ""))
             kind = image_kind(image)
             if kind is None:
@@ -220,6 +223,7 @@ def _known_containers(docker_host: str | None, notes: list[str]) -> list[KnownCo
                     pid=int(info.get("State", {}).get("Pid") or 0),
                     published=_published(info),
                     network_mode=str(info.get("HostConfig", {}).get("NetworkMode", "")),
+                    state=str(info.get("State", {}).get("Status", "")),
                 )
             )
         return found
