@@ -244,4 +244,5 @@ def test_installed_service_watches_a_server_and_systemd_restarts_it_when_wedged(
     assert after["MainPID"] != before["MainPID"]
     journal = box.journal(UNIT, lines=300)
     assert "Watchdog timeout" in journal, journal
+    assert "Failed with result 'watchdog'" in journal, journal
     wait_for(running_with_status, 60, "the restarted service active with a STATUS line")
