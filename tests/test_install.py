@@ -123,17 +123,20 @@ failed = [name for name, ok in checks.items() if not ok]
 notifier = sdnotify.SystemdNotifier()
 notifier.notify("READY=1\nSTATUS=" + ("hardening ok" if not failed else "failed: " + ", ".join(failed)))
 import time
-while True:
+wedge = os.path.join(state, "wedge")
+while not os.path.exists(wedge):  # a wedged main loop: no more WATCHDOG=1
     notifier.notify("WATCHDOG=1")
-    time.sleep(1)
+    time.sleep(0.5)
+os.unlink(wedge)
+time.sleep(3600)
 """
 
 
 @pytest.mark.slow
-def test_the_hardened_unit_starts_and_notifies_under_systemd(
+def test_the_hardened_unit_starts_notifies_and_is_restarted_when_wedged(
     systemd_container: SystemdContainer, wheelhouse: Path
 ) -> None:
-    """The unit's sandbox, credentials and Type=notify work under a real systemd.
+    """The unit's sandbox, credentials, Type=notify and WatchdogSec work under a real systemd.
 
     ExecStart is replaced (drop-in) by a small program in the installed venv that
     checks from inside what the daemon relies on, and reports it through STATUS=.
@@ -147,7 +150,8 @@ def test_the_hardened_unit_starts_and_notifies_under_systemd(
         f"/etc/systemd/system/{UNIT}.d/probe.conf",
         "[Service]\nExecStart=\n"
         f"ExecStart={VENV}/bin/python /usr/local/lib/iw-probe.py\n"
-        "LoadCredential=smtp-password:/etc/inference-watchdog/credentials/smtp-password\n",
+        "LoadCredential=smtp-password:/etc/inference-watchdog/credentials/smtp-password\n"
+        "WatchdogSec=3s\nRestartSec=500ms\n",
     )
     box.exec(["systemctl", "daemon-reload"])
     started = box.exec(["systemctl", "start", UNIT], timeout=60, check=False)
@@ -156,6 +160,18 @@ def test_the_hardened_unit_starts_and_notifies_under_systemd(
     assert shown["ActiveState"] == "active", box.journal(UNIT)
     assert shown["StatusText"] == "hardening ok", shown
     assert box.read_file(f"{STATE}/probe") == "ok"
+
+    # Its main loop stops pinging: systemd kills it through WatchdogSec and starts it again.
+    box.write_file(f"{STATE}/wedge", "")
+
+    def restarted() -> dict[str, str] | None:
+        now = box.show(UNIT, "NRestarts", "ActiveState", "StatusText")
+        return now if int(now["NRestarts"]) == 1 and now["ActiveState"] == "active" and now["StatusText"] else None
+
+    wait_for(restarted, 30, "systemd to restart the unit after its watchdog timeout")
+    journal = box.journal(UNIT)
+    assert "Watchdog timeout (limit 3s)!" in journal, journal
+    assert "Failed with result 'watchdog'" in journal, journal
     box.exec(["systemctl", "stop", UNIT])
 
 
