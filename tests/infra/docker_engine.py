@@ -138,11 +138,24 @@ def _mounts_under(path: Path) -> list[str]:
     return [line.split()[1] for line in lines if line.split()[1].startswith(prefix)]
 
 
+def _remove_run_dir(run_dir: Path) -> bool:
+    """Unmount what a stopped engine left below ``run_dir`` (its netns), then delete it.
+
+    Only called once the engine that made the mounts has exited. Returns False
+    (and keeps the files) if something stays mounted.
+    """
+    for mount in sorted(_mounts_under(run_dir), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", mount], capture_output=True, check=False, timeout=30)
+    if _mounts_under(run_dir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
+
+
 def _sweep_stale_run_dirs(base: Path) -> None:
     """Remove run dirs of earlier test runs whose engine and owner are both gone.
 
-    Only directories with nothing mounted below them are removed; a still
-    running engine (another worktree's, or an orphan) is never touched.
+    A still running engine (another worktree's, or an orphan) is never touched.
     """
     for run_dir in base.glob(f"{RUN_DIR_PREFIX}*"):
         try:
@@ -150,9 +163,9 @@ def _sweep_stale_run_dirs(base: Path) -> None:
             engine_pid = int((run_dir / "dockerd.pid").read_text()) if (run_dir / "dockerd.pid").exists() else 0
         except (OSError, ValueError):
             continue
-        if pid_alive(owner) or (engine_pid and pid_alive(engine_pid)) or _mounts_under(run_dir):
+        if pid_alive(owner) or (engine_pid and pid_alive(engine_pid)):
             continue
-        shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_run_dir(run_dir)
 
 
 def start_engine(base: Path = Path("/tmp")) -> DockerEngine:
@@ -241,11 +254,11 @@ def stop_engine(engine: DockerEngine) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-    if _mounts_under(engine.run_dir):
-        # Something is still mounted (a dockerd that died hard): keep the files
-        # rather than delete through a mount; the next run's sweep retries.
-        return
-    shutil.rmtree(engine.run_dir, ignore_errors=True)
+    if process is not None and process.poll() is None:
+        return  # still running (it ignored SIGKILL?): leave its files alone
+    # dockerd leaves its default netns mounted; if anything stays mounted the files
+    # are kept rather than deleted through a mount, and the next run's sweep retries.
+    _remove_run_dir(engine.run_dir)
 
 
 class _SharedEngine:

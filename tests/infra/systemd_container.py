@@ -156,8 +156,12 @@ class SystemdContainer:
 
 
 def _ignored(name: str) -> bool:
-    parts = set(Path(name).parts)
-    return bool(parts & {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"})
+    """Caches, VCS data and build leftovers of a source tree: never copied into a container."""
+    parts = Path(name).parts
+    if set(parts) & {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}:
+        return True
+    top = parts[1] if len(parts) > 1 else ""
+    return top in ("build", "dist") or top.endswith(".egg-info")
 
 
 # --------------------------------------------------------------------------- image
