@@ -105,7 +105,7 @@ def test_install_is_idempotent_keeps_config_and_uninstall_keeps_state(
 
 
 HARDENING_PROBE = r"""
-import os, sdnotify
+import errno, os, sdnotify
 state = os.environ["STATE_DIRECTORY"]
 open(os.path.join(state, "probe"), "w").write("ok")
 checks = {
@@ -119,6 +119,12 @@ try:
     checks["/usr read-only"] = False
 except OSError:
     checks["/usr read-only"] = True
+try:
+    os.close(os.open("/dev/nvidia0", os.O_RDWR))
+    checks["GPU device node openable"] = True
+except OSError as exc:
+    # No NVIDIA driver in the test: ENXIO. A device policy shutting it out: EPERM.
+    checks["GPU device node openable"] = exc.errno == errno.ENXIO
 failed = [name for name, ok in checks.items() if not ok]
 notifier = sdnotify.SystemdNotifier()
 notifier.notify("READY=1\nSTATUS=" + ("hardening ok" if not failed else "failed: " + ", ".join(failed)))
@@ -145,6 +151,7 @@ def test_the_hardened_unit_starts_notifies_and_is_restarted_when_wedged(
     _copy_tree_and_wheels(box, wheelhouse)
     _install(box, "--wheelhouse", WHEELS)
     box.write_file("/usr/local/lib/iw-probe.py", HARDENING_PROBE)
+    box.exec(["mknod", "-m", "666", "/dev/nvidia0", "c", "195", "0"])  # as NVIDIA's driver makes it
     box.write_file("/etc/inference-watchdog/credentials/smtp-password", "s3cret\n", mode=0o600)
     box.write_file(
         f"/etc/systemd/system/{UNIT}.d/probe.conf",

@@ -263,6 +263,9 @@ def start_systemd_container(engine: DockerEngine, image: str) -> SystemdContaine
         security_opt=["seccomp=unconfined"],
         volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
         tmpfs={"/run": "", "/run/lock": ""},
+        # NVIDIA's character devices (major 195: /dev/nvidia<N>, /dev/nvidiactl) may be
+        # opened, as on a GPU host: a unit's device policy can then be tested for real.
+        device_cgroup_rules=["c 195:* rwm"],
         environment={"container": "docker"},
         network=engine.network,
         labels={LABEL: "1"},
