@@ -177,7 +177,8 @@ install_unit() {
             "$VENV/bin/watchdogctl" config check "$CONFIG" >&2 || true
             die "not starting $UNIT_NAME: $CONFIG is not valid (see above)"
         fi
-        systemctl restart "$UNIT_NAME"
+        systemctl restart "$UNIT_NAME" \
+            || die "$UNIT_NAME did not start: see 'systemctl status $UNIT_NAME' and 'journalctl -u $UNIT_NAME -n 50'"
         say "started $UNIT_NAME (systemctl status $UNIT_NAME; journalctl -u $UNIT_NAME)"
     elif systemctl is-active --quiet "$UNIT_NAME"; then
         say "$UNIT_NAME is running the previous version: systemctl restart $UNIT_NAME"

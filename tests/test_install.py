@@ -93,6 +93,14 @@ def test_install_is_idempotent_keeps_config_and_uninstall_keeps_state(
     assert box.exec(["systemctl", "is-enabled", UNIT]).stdout.strip() == "enabled"
     assert box.exec(["watchdogctl", "--version"]).exit_code == 0
 
+    # --now never starts the service on a config that does not pass the check.
+    box.write_file(CONFIG, edited.replace('log_level = "DEBUG"', 'log_level = "LOUD"'), mode=0o640)
+    refused = _install(box, "--wheelhouse", WHEELS, "--now", check=False)
+    assert refused.exit_code == 1
+    assert f"not starting {UNIT}: {CONFIG} is not valid" in refused.stderr
+    assert box.exec(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "inactive"
+    box.write_file(CONFIG, edited, mode=0o640)
+
     removed = _install(box, "--uninstall")
     assert "kept /etc/inference-watchdog" in removed.stdout
     for gone in (VENV, "/usr/local/bin/watchdogctl", f"/etc/systemd/system/{UNIT}"):
