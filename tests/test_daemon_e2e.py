@@ -44,17 +44,17 @@ def test_systemd_hears_ready_status_watchdog_and_stopping(tmp_path: Path, notify
         ready = notify.wait("READY=1", 30)
         status = notify.wait("STATUS=", 5)
         assert "1 target" in status, status
-        notify.wait("WATCHDOG=1", 10)
+        wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 3, 15, "three WATCHDOG=1 pings")
         # A wedged main loop stops the pings: systemd would restart the daemon.
         before = time.monotonic()
         result = ctl(config, "debug", "wedge", "--seconds", "4")
         assert result.returncode == 0, result.stderr
         notify.wait("WATCHDOG=1", 15, after=before + 4.0)  # they come back once the loop runs again
         pings = notify.times("WATCHDOG=1")
-        gaps = [b - a for a, b in zip(pings, pings[1:])]
-        assert max(gaps) >= 3.5, f"pings kept coming during the wedge: gaps {gaps}"
-        wedged = [p for p in pings if before + 0.5 < p < before + 3.5]
-        assert wedged == [], "a WATCHDOG=1 arrived while the main loop was wedged"
+        gaps = [round(b - a, 2) for a, b in zip(pings, pings[1:])]
+        usual = [g for a, b, g in zip(pings, pings[1:], gaps) if b < before]
+        assert usual and max(usual) < 1.5, f"pings every 0.5 s before the wedge: gaps {gaps}"
+        assert max(gaps) >= 3.5, f"pings kept coming while the main loop was wedged: gaps {gaps}"
         assert ready
     finally:
         code = daemon.stop()

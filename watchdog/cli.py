@@ -275,6 +275,47 @@ def reload_command(obj: Context, socket_path: str | None) -> None:
     sys.exit(0 if result.ok else 1)
 
 
+@cli.command("demo")
+@click.option("--keep", is_flag=True, help="Keep the work directory (daemon log, incidents, recordings).")
+@pass_ctx
+def demo_command(obj: Context, keep: bool) -> None:
+    """Watch simulated Ollama and vLLM servers while a hang, a failed unload and a leak happen.
+
+    Needs nothing but this package. Exits 0 only if every fault was detected and nothing else raised.
+    """
+    from rich.console import Console
+
+    from watchdog.demo import run_demo
+
+    obj.setup_logging(None)
+    sys.exit(run_demo(Console(), keep=keep))
+
+
+@cli.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print the status snapshot as JSON (as `status --json`).")
+@click.option("--no-canary", is_flag=True, help="Do not send canary prompts.")
+@pass_ctx
+def check_command(obj: Context, as_json: bool, no_canary: bool) -> None:
+    """One round of every probe without a daemon, judged at once (for cron and Nagios-style checks).
+
+    Exit codes as `status`: 0 all ok, 1 degraded, 2 critical (a config error also exits 2).
+    """
+    import asyncio
+    import json
+
+    from watchdog.check import run_check
+    from watchdog.status import exit_code_for, render_status
+
+    config = obj.load()
+    obj.setup_logging(config)
+    snapshot = asyncio.run(run_check(config, obj.config_path, canaries=not no_canary))
+    if as_json:
+        click.echo(json.dumps(snapshot.model_dump(mode="json"), indent=2))
+    else:
+        render_status(snapshot)
+    sys.exit(exit_code_for(snapshot))
+
+
 @cli.group("debug")
 def debug_group() -> None:
     """Tools for testing the watchdog itself."""

@@ -80,6 +80,9 @@ async def _tags(request: web.Request) -> web.StreamResponse:
 
 
 def _expires_iso(lm: LoadedModel) -> str:
+    if lm.state == "loading" and lm.keep_alive_s >= 0:
+        # Ollama shows now + keep_alive for a model whose runner is still loading.
+        return datetime.fromtimestamp(time.time() + lm.keep_alive_s, timezone.utc).astimezone().isoformat()
     if lm.expires_at == FOREVER:
         return FOREVER_ISO if lm.keep_alive_s < 0 else datetime.now(timezone.utc).astimezone().isoformat()
     return datetime.fromtimestamp(lm.expires_at, timezone.utc).astimezone().isoformat()
@@ -89,7 +92,8 @@ async def _ps(request: web.Request) -> web.StreamResponse:
     sim = _sim(request)
     models = []
     for lm in sim.engine.loaded.values():
-        if lm.state != "ready":
+        # Like Ollama, a model is listed from the moment its runner starts loading.
+        if lm.state not in ("ready", "loading"):
             continue
         size = int(lm.target_mib * MIB)
         models.append({"name": lm.name, "model": lm.name, "size": size, "digest": lm.spec.digest,

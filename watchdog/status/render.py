@@ -67,9 +67,9 @@ def render_status(snapshot: StatusSnapshot, console: Console | None = None) -> N
     """Print the daemon line, the targets table, the GPUs table and the active findings."""
     console = console or Console()
     console.print(_daemon_line(snapshot))
-    console.print(_targets_table(snapshot))
+    console.print(targets_table(snapshot))
     if snapshot.gpus:
-        console.print(_gpus_table(snapshot))
+        console.print(gpus_table(snapshot))
     findings = [f for t in snapshot.targets for f in t.findings if not f.target.startswith("gpu:")]
     findings += [f for g in snapshot.gpus for f in g.findings]
     if findings:
@@ -105,7 +105,7 @@ def _daemon_line(snapshot: StatusSnapshot) -> Text:
     return text
 
 
-def _targets_table(snapshot: StatusSnapshot) -> Table:
+def targets_table(snapshot: StatusSnapshot) -> Table:
     table = Table(title="Targets", title_justify="left", expand=False)
     for column in ("target", "state", "server", "models", "last canary", "GPUs", "incident"):
         table.add_column(column)
@@ -124,7 +124,7 @@ def _targets_table(snapshot: StatusSnapshot) -> Table:
     return table
 
 
-def _gpus_table(snapshot: StatusSnapshot) -> Table:
+def gpus_table(snapshot: StatusSnapshot) -> Table:
     table = Table(title="GPUs", title_justify="left", expand=False)
     for column in ("GPU", "state", "util", "memory", "temp", "power", "XIDs", "targets", "incident"):
         table.add_column(column)

@@ -1,0 +1,22 @@
+"""`watchdogctl demo` runs the real daemon against simulated servers and passes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.daemon_support import ROOT
+
+
+@pytest.mark.slow
+def test_demo_detects_every_fault_and_nothing_else() -> None:
+    result = subprocess.run([sys.executable, "-m", "watchdog", "demo"], capture_output=True, text=True,
+                            timeout=240, cwd=ROOT, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "PASS: every fault was detected and nothing else was raised" in output
+    for line in ("● hang on ollama", "● failed_unload on ollama", "● memory_growth on vllm", "✓ hang on ollama cleared"):
+        assert line in output, output[-5000:]
+    assert "false alarms: none" in output

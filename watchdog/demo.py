@@ -1,0 +1,361 @@
+"""``watchdogctl demo``: the real daemon against simulated servers, with faults on a timeline.
+
+With nothing but this package: a simulated Ollama (GPU 0) and a simulated vLLM
+(GPU 1) start with their simulated GPUs, the real daemon (``watchdogctl run``,
+a subprocess) watches them, and a timeline injects a hang, a failed unload and
+a slow leak, plus a model load and a long prompt that must raise nothing. The
+terminal shows the live status and each detection with its evidence; the demo
+ends with a summary table and exits 0 only if every fault was detected and
+nothing else was raised.
+
+The daemon runs with a demo configuration: the same detectors, with shorter
+intervals and thresholds so the story fits in under two minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from watchdog.control.client import ControlClient, DaemonUnreachable
+from watchdog.sim.launch import Simulator
+from watchdog.status import StatusSnapshot
+from watchdog.status.render import gpus_table, targets_table
+
+OLLAMA_MODEL = "qwen3:8b"
+VLLM_MODEL = "Qwen/Qwen3-4B-AWQ"
+DEADLINE_S = 105.0
+
+
+@dataclass
+class Step:
+    """Something the demo does to a server at ``at`` seconds, and what the watchdog should say."""
+
+    at: float
+    target: str
+    what: str
+    action: Callable[[], None]
+    expect: str | None = None  # the finding it must raise; None: it must raise nothing
+    within: float = 45.0
+    done_at: float | None = None
+    detected_at: float | None = None
+    detected_summary: str = ""
+
+
+@dataclass
+class Scoreboard:
+    steps: list[Step]
+    raised: list[tuple[float, str, str, str]] = field(default_factory=list)  # (t, target, finding, summary)
+    false_alarms: list[tuple[float, str, str, str]] = field(default_factory=list)
+
+    def take(self, t: float, target: str, finding: str, summary: str) -> tuple[str, Step | None]:
+        """A finding the daemon raised: which step explains it (or a false alarm)."""
+        self.raised.append((t, target, finding, summary))
+        for step in self.steps:
+            if step.expect == finding and step.target == target and step.done_at is not None \
+                    and step.done_at - 1.0 <= t:
+                if step.detected_at is None:
+                    step.detected_at, step.detected_summary = t, summary
+                return "detected", step
+        self.false_alarms.append((t, target, finding, summary))
+        return "false alarm", None
+
+    @property
+    def passed(self) -> bool:
+        faults = [s for s in self.steps if s.expect]
+        return not self.false_alarms and all(s.detected_at is not None for s in faults)
+
+    def complete(self) -> bool:
+        return all(s.detected_at is not None for s in self.steps if s.expect and s.done_at is not None) and all(
+            s.done_at is not None for s in self.steps)
+
+
+class Demo:
+    def __init__(self, console: Console, keep: bool = False, workdir: Path | None = None) -> None:
+        self.console = console
+        self.keep = keep
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="iw-demo-"))
+        self.sims: dict[str, Simulator] = {}
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.events: list[Text] = []
+        self.t0 = 0.0
+        self._threads: list[threading.Thread] = []
+
+    # --- the story ---------------------------------------------------------------------------
+
+    def steps(self) -> list[Step]:
+        ollama, vllm = self.sims["ollama"], self.sims["vllm"]
+        return [
+            Step(2, "ollama", f"load {OLLAMA_MODEL} (VRAM rises for 5 s at 0% utilisation)",
+                 lambda: self._background(lambda: _generate(ollama.url, OLLAMA_MODEL, "Hello"))),
+            Step(10, "vllm", "a long prompt (about 20 s of prefill at 100%, no tokens yet)",
+                 lambda: self._background(lambda: _long_prompt(vllm.url, VLLM_MODEL))),
+            Step(36, "ollama", "generation hangs (/api/ps still answers)", lambda: ollama.inject("hang"),
+                 expect="hang", within=30),
+            Step(54, "ollama", "the hang ends", ollama.recover),
+            Step(58, "ollama", f"unload {OLLAMA_MODEL}, but its VRAM is not given back",
+                 lambda: (ollama.inject("failed_unload"), _unload(ollama.url, OLLAMA_MODEL)),
+                 expect="failed_unload", within=30),
+            Step(60, "vllm", "a slow leak: GPU memory grows 24 MiB/s", lambda: vllm.inject("leak", mib_per_s=24),
+                 expect="memory_growth", within=45),
+        ]
+
+    def run(self) -> int:
+        live_mode = self.console.is_terminal
+        try:
+            self._start()
+            board = Scoreboard(self.steps())
+            self.t0 = time.monotonic()
+            self._event(f"the daemon watches: Ollama on GPU 0, vLLM on GPU 1 (work dir {self.workdir})", "bold")
+            client = ControlClient(self.workdir / "control.sock", timeout=5.0)
+            seen: set[tuple[str, str]] = set()
+            with Live(console=self.console, refresh_per_second=4, transient=False) if live_mode \
+                    else _NoLive() as live:
+                while True:
+                    now = time.monotonic() - self.t0
+                    for step in board.steps:
+                        if step.done_at is None and now >= step.at:
+                            step.done_at = now
+                            step.action()
+                            self._event(f"{now:5.1f}s  ▶ {step.target}: {step.what}", "cyan")
+                    snapshot = _status(client)
+                    if snapshot is not None:
+                        self._findings(snapshot, board, seen, now)
+                        live.update(self._screen(snapshot, now))
+                    if (board.complete() and now >= max(s.at for s in board.steps) + 15) or now > DEADLINE_S:
+                        break
+                    time.sleep(0.5)
+            self._summary(board)
+            return 0 if board.passed else 1
+        finally:
+            self._stop()
+
+    # --- pieces ------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        gpu_dir = self.workdir / "gpu"
+        self.console.print(f"[bold]inference-watchdog demo[/bold]: starting a simulated Ollama and vLLM "
+                           f"and the daemon (in {self.workdir})")
+        common = ("--gpu-mem-mib", "12282", "--gpu-name", "Simulated RTX A2000 12GB")
+        self.sims["ollama"] = Simulator(
+            "ollama", "--model", f"{OLLAMA_MODEL}=5600", "--load-time", "5", "--gpu-index", "0", *common,
+            gpu_dir=gpu_dir, log_path=self.workdir / "ollama.log", workdir=self.workdir,
+        ).start()
+        self.sims["vllm"] = Simulator(
+            "vllm", "--model", f"{VLLM_MODEL}=3000", "--gpu-index", "1", "--gpu-memory-utilization", "0.6",
+            "--prefill-tps", "3000", *common,
+            gpu_dir=gpu_dir, log_path=self.workdir / "vllm.log", workdir=self.workdir,
+        ).start()
+        config = self.workdir / "watchdog.toml"
+        config.write_text(demo_config(self.workdir, self.sims["ollama"], self.sims["vllm"]))
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("NOTIFY_SOCKET", None)
+        self._daemon_log = open(self.workdir / "daemon.log", "wb")
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "watchdog", "--config", str(config), "--log-format", "json", "run"],
+            stdout=self._daemon_log, stderr=subprocess.STDOUT, env=env,
+        )
+        client = ControlClient(self.workdir / "control.sock", timeout=5.0)
+        deadline = time.monotonic() + 30
+        while True:
+            snapshot = _status(client)
+            if snapshot is not None and snapshot.daemon.ready:
+                return
+            if self.daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon did not become ready; see {self.workdir / 'daemon.log'}")
+            time.sleep(0.2)
+
+    def _findings(self, snapshot: StatusSnapshot, board: Scoreboard, seen: set[tuple[str, str]],
+                  now: float) -> None:
+        current = {(f.target, f.finding): f for t in snapshot.targets for f in t.findings}
+        current.update({(f.target, f.finding): f for g in snapshot.gpus for f in g.findings})
+        for key, finding in current.items():
+            if key in seen:
+                continue
+            seen.add(key)
+            verdict, step = board.take(now, key[0], key[1], finding.summary)
+            if step is not None:
+                self._event(f"{now:5.1f}s  ● {key[1]} on {key[0]}, {now - (step.done_at or now):.1f} s after "
+                            f"the fault: {finding.summary}", "bold red")
+            else:
+                self._event(f"{now:5.1f}s  ✗ unexpected {key[1]} on {key[0]}: {finding.summary}", "bold yellow")
+        for key in list(seen):
+            if key not in current:
+                seen.discard(key)
+                self._event(f"{now:5.1f}s  ✓ {key[1]} on {key[0]} cleared", "green")
+
+    def _event(self, text: str, style: str = "") -> None:
+        line = Text(text, style=style)
+        self.events.append(line)
+        if not self.console.is_terminal:
+            self.console.print(line)
+
+    def _screen(self, snapshot: StatusSnapshot, now: float) -> Group:
+        log = Table.grid()
+        for line in self.events[-14:]:
+            log.add_row(line)
+        return Group(Text(f"demo time {now:5.1f} s", style="bold"), targets_table(snapshot),
+                     gpus_table(snapshot), log)
+
+    def _summary(self, board: Scoreboard) -> None:
+        table = Table(title="demo summary")
+        for column in ("at", "target", "what was done", "expected", "detected", "after"):
+            table.add_column(column, overflow="fold")
+        for step in board.steps:
+            expected = step.expect or "nothing"
+            if step.expect:
+                detected = step.detected_summary or "[red]MISSED[/red]"
+                after = f"{step.detected_at - step.done_at:.1f} s" if step.detected_at and step.done_at else "-"
+            else:
+                detected, after = "nothing (correct)", "-"
+            at = f"{step.done_at:.0f} s" if step.done_at is not None else "not reached"
+            table.add_row(at, step.target, step.what, expected, detected, after)
+        self.console.print(table)
+        if board.false_alarms:
+            self.console.print("[bold red]false alarms:[/bold red]")
+            for t, target, finding, summary in board.false_alarms:
+                self.console.print(f"  {t:5.1f} s {finding} on {target}: {summary}")
+        else:
+            self.console.print("false alarms: none")
+        if board.passed:
+            self.console.print("[bold green]PASS[/bold green]: every fault was detected and nothing else was raised")
+        else:
+            self.console.print(f"[bold red]FAIL[/bold red]: see {self.workdir / 'daemon.log'}")
+            self.keep = True
+
+    def _background(self, work: Callable[[], None]) -> None:
+        thread = threading.Thread(target=_quietly(work), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _stop(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(20)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+        for sim in self.sims.values():
+            sim.stop()
+        if hasattr(self, "_daemon_log"):
+            self._daemon_log.close()
+        if self.keep:
+            self.console.print(f"kept {self.workdir} (daemon.log, the state dir with incidents and recordings)")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def demo_config(workdir: Path, ollama: Simulator, vllm: Simulator) -> str:
+    """The daemon's config for the demo: real detectors, demo-sized intervals and thresholds."""
+    return f"""# Written by `watchdogctl demo`: intervals and thresholds shortened so the story fits in 2 minutes.
+[watchdog]
+state_dir = "{workdir / 'state'}"
+control_socket = "{workdir / 'control.sock'}"
+gpu_backend = "sim"
+sim_gpu_dir = "{workdir / 'gpu'}"
+gpu_interval = "1s"
+poll_interval = "1s"
+process_interval = "1s"
+incident_context = "1m"
+
+[detect]
+stall_after = "6s"
+unload_grace = "4s"
+growth_min_mib = 400
+growth_fraction = 0.05
+growth_window = "12s"
+busy_stall_after = "2m"
+
+[policy]
+mode = "observe"
+
+[[targets]]
+name = "ollama"
+kind = "ollama"
+url = "{ollama.url}"
+gpus = [0]
+log_file = "{ollama.log_path}"
+[targets.canary]
+interval = "3s"
+confirm_interval = "1s"
+first_token_timeout = "3s"
+stall_timeout = "3s"
+timeout = "20s"
+
+[[targets]]
+name = "vllm"
+kind = "vllm"
+url = "{vllm.url}"
+gpus = [1]
+log_file = "{vllm.log_path}"
+[targets.canary]
+interval = "3s"
+confirm_interval = "1s"
+first_token_timeout = "3s"
+stall_timeout = "3s"
+timeout = "20s"
+"""
+
+
+class _NoLive:
+    """Stands in for rich's Live when the output is not a terminal (CI logs)."""
+
+    def __enter__(self) -> "_NoLive":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, _: Any) -> None:
+        return None
+
+
+def _status(client: ControlClient) -> StatusSnapshot | None:
+    try:
+        return client.status()
+    except DaemonUnreachable:
+        return None
+
+
+def _quietly(work: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            work()
+        except httpx.HTTPError:
+            pass
+
+    return run
+
+
+def _generate(url: str, model: str, prompt: str) -> None:
+    httpx.post(f"{url}/api/generate", json={"model": model, "prompt": prompt, "stream": False}, timeout=60)
+
+
+def _long_prompt(url: str, model: str) -> None:
+    prompt = "Summarise the following log. " + "GPU 0 utilisation 97 percent, memory held. " * 6000
+    httpx.post(f"{url}/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 8}, timeout=120)
+
+
+def _unload(url: str, model: str) -> None:
+    httpx.post(f"{url}/api/generate", json={"model": model, "keep_alive": 0}, timeout=30)
+
+
+def run_demo(console: Console | None = None, keep: bool = False) -> int:
+    return Demo(console or Console(), keep=keep).run()
+
