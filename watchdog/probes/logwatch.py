@@ -332,7 +332,8 @@ class DockerSource(LogSource):
             return self.docker.logs_tail(self.container, max_lines)
 
         try:
-            data = await asyncio.wait_for(asyncio.to_thread(tail), 15.0)
+            async with asyncio.timeout(15.0):
+                data = await asyncio.to_thread(tail)
         except DockerUnavailable as exc:
             raise LogSourceError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001
