@@ -203,6 +203,18 @@ def test_planner_skips_while_real_traffic_makes_progress() -> None:
     assert not plan.decide(64.0).send and plan.decide(65.0).send
 
 
+def test_planner_does_not_take_its_own_canary_tokens_for_traffic() -> None:
+    plan = CanaryPlanner(interval=30.0, confirm_interval=5.0)
+    plan.note_poll(_poll(0.0, 100))
+    canary = _canary(1.0, ok=True)
+    canary.tokens = 4
+    plan.note_result(canary)
+    plan.note_poll(_poll(5.0, 104))  # only our 4 tokens
+    assert plan.last_progress is None and plan.decide(31.0).send
+    plan.note_poll(_poll(10.0, 110))  # someone else's
+    assert plan.last_progress == 10.0 and not plan.decide(31.0).send
+
+
 def test_planner_progress_after_a_failure_counts_as_recovery() -> None:
     plan = CanaryPlanner(interval=30.0, confirm_interval=5.0)
     plan.note_result(_canary(10.0, ok=False))
