@@ -140,6 +140,49 @@ def probe(obj: Context, targets: tuple[str, ...], all_targets: bool, as_json: bo
     render(report, Console())
 
 
+def _port_list(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[int]:
+    ports: list[int] = []
+    for value in values:
+        for word in value.replace(",", " ").split():
+            if not word.isdigit() or not 1 <= int(word) <= 65535:
+                raise click.BadParameter(f"expected port numbers like 9000,9001, got {word!r}")
+            ports.append(int(word))
+    return ports
+
+
+@cli.command("discover")
+@click.option("--ports", "ports", multiple=True, callback=_port_list, metavar="N[,N...]",
+              help="More ports to probe, besides 11434, 8000 and 8080 (repeatable).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to probe the ports on.")
+@click.option("--docker-host", default=None, metavar="URL",
+              help="Docker API to list containers from (default $DOCKER_HOST, else /var/run/docker.sock).")
+@click.option("--no-docker", is_flag=True, help="Do not ask Docker for containers.")
+@click.option("--timeout", default=2.0, show_default=True, type=click.FloatRange(0.1, 60),
+              help="Seconds to wait for each answer.")
+def discover_command(ports: list[int], host: str, docker_host: str | None, no_docker: bool, timeout: float) -> None:
+    """Find inference servers on this host and print a starter config.
+
+    Probes Ollama (11434), vLLM (8000), llama.cpp (8080) and --ports, finds the
+    process, container or systemd unit behind each, and lists running containers
+    of known images. The config goes to stdout, a summary to stderr:
+
+        watchdogctl discover > watchdog.toml
+
+    Exits 0 when it found at least one server, 1 when it found none.
+    """
+    import socket
+    from datetime import UTC, datetime
+
+    from watchdog.discover import discover, render_config, render_summary
+
+    found = discover(ports, host=host, docker_host=docker_host, use_docker=not no_docker, timeout=timeout)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    click.echo(render_config(found, host=socket.gethostname(), when=when), nl=False)
+    for line in render_summary(found):
+        click.echo(line, err=True)
+    sys.exit(0 if found.servers else 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     try:
