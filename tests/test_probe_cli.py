@@ -85,6 +85,11 @@ def test_no_canary_option_and_usage_errors(sim_factory: Any, tmp_path: Path) -> 
     _, _, config = servers(sim_factory, tmp_path)
     result = watchdogctl(config, "vllm", "--json", "--no-canary")
     assert result.returncode == 0 and '"type":"canary"' not in result.stdout
+    trace = read_trace_lines(result.stdout.splitlines())
+    assert [t.name for t in trace.header.targets] == ["vllm"]
+    # Only vLLM was probed, but Ollama's runner on the GPU is still Ollama's, not no one's.
+    (gpu,) = [r for r in trace.records if isinstance(r, GpuSample)]
+    assert {p.target for p in gpu.procs} == {"ollama", "vllm"}
     missing = watchdogctl(config, "nosuch")
     assert missing.returncode == 2 and "unknown or disabled target(s): nosuch" in missing.stderr
     neither = watchdogctl(config)
