@@ -117,6 +117,11 @@ async def test_gpu_processes_of_a_container_belong_to_its_target(
     out: list[Any] = []
     probe = GpuProbe(SimNvml(sim.gpu_dir), time.monotonic, out.append, attribute=attributor.owners)
     try:
+        # Ownership never waits on Docker (it is asked from the GPU thread): until a target is
+        # located (the process probe's job), its container's processes are no one's.
+        (unlocated,) = await probe.round()
+        assert {p.target for p in unlocated.procs} == {None}
+        attributor.refresh()
         (sample,) = await probe.round()
         held = [p for p in sample.procs if (p.mem_mib or 0) > 0]
         assert held and {p.target for p in held} == {"in-docker"}
