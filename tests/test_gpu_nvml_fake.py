@@ -492,3 +492,11 @@ async def test_backend_none_is_silent() -> None:
     probe = GpuProbe(None, lambda: 0.0, lambda r: None)
     assert await probe.round() == [] and probe.timings() == {} and "disabled" in probe.status
     probe.close()
+
+
+async def test_overlapping_rounds_wait_for_each_other_rather_than_reading_as_hung() -> None:
+    fake = FakeNvml([FakeDevice(util=5)])
+    probe, out, _ = make_probe(fake)
+    first, second = await asyncio.gather(probe.round(), probe.round())
+    assert [s.error for s in first + second] == [None, None] and len(out) == 2
+    probe.close()

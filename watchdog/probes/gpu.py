@@ -144,6 +144,7 @@ class GpuProbe:
         self._last_reinit = 0.0
         self._next_init = 0.0
         self._runner = BlockingRunner("gpu")
+        self._round_lock = asyncio.Lock()
         self._log = LogOnce("gpu")
         self._lock = threading.Lock()
         self.round_seconds: float | None = None
@@ -168,6 +169,11 @@ class GpuProbe:
         """Sample every device once, emit and return the samples. Never raises."""
         if self.nvml is None:
             return []
+        async with self._round_lock:  # rounds never overlap (an overlap is not a hung driver)
+            return self._emit_all(await self._take_round())
+
+    async def _take_round(self) -> list[GpuSample]:
+        assert self.nvml is not None
         t = self.clock()
         try:
             samples = await self._runner.run(self._sample_all, timeout=self.deadline)
@@ -179,6 +185,9 @@ class GpuProbe:
             samples = self._error_samples(t, f"probe_error: {type(exc).__name__}")
         else:
             self._log.ok("hung", "NVML answers again")
+        return samples
+
+    def _emit_all(self, samples: list[GpuSample]) -> list[GpuSample]:
         for sample in samples:
             self.emit(sample)
         return samples

@@ -138,7 +138,12 @@ class FileSource(LogSource):
         return None
 
     async def recent(self, max_lines: int) -> list[str]:
-        return await self._io(self._tail, max_lines)
+        # Its own thread: the follower's worker may be busy with the same file.
+        try:
+            async with asyncio.timeout(10.0):
+                return await asyncio.to_thread(self._tail, max_lines)
+        except TimeoutError:
+            raise LogSourceError(f"{self.path}: no answer within 10s") from None
 
     def _tail(self, max_lines: int) -> list[str]:
         """The last lines, reading backwards from the end in chunks (never the whole file)."""
