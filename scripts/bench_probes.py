@@ -25,15 +25,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.simulator import Simulator  # noqa: E402
-from watchdog.config.model import TargetSettings  # noqa: E402
-from watchdog.probes.adapters import make_adapter  # noqa: E402
-from watchdog.probes.attribution import Attributor  # noqa: E402
-from watchdog.probes.canary import CanaryProbe  # noqa: E402
-from watchdog.probes.gpu import GpuProbe  # noqa: E402
-from watchdog.probes.recorder import FlightRecorder  # noqa: E402
-from watchdog.sim.nvml import SimNvml  # noqa: E402
-from watchdog.trace.records import (  # noqa: E402
+from tests.simulator import Simulator
+from watchdog.config.model import TargetSettings
+from watchdog.probes.adapters import make_adapter
+from watchdog.probes.attribution import Attributor
+from watchdog.probes.canary import CanaryProbe
+from watchdog.probes.gpu import GpuProbe
+from watchdog.probes.recorder import FlightRecorder
+from watchdog.sim.nvml import SimNvml
+from watchdog.trace.records import (
     Canary,
     GpuProc,
     GpuSample,

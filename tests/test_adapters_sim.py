@@ -246,7 +246,7 @@ def _ps(sim: Simulator) -> list[dict[str, Any]]:
 
 
 def _expiry(sim: Simulator) -> float:
-    return datetime.fromisoformat(_ps(sim)[0]["expires_at"].replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(_ps(sim)[0]["expires_at"]).timestamp()
 
 
 async def test_ollama_canary_does_not_extend_the_models_life(sim_factory: Any) -> None:  # noqa: F811

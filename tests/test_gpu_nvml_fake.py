@@ -127,7 +127,7 @@ class FakeNvml:
         if isinstance(device, FakeDevice) and device.block is not None:
             device.block.wait()
         mem = pynvml.c_nvmlMemory_t()
-        total = (device.total_mib if isinstance(device, FakeDevice) else device.total_mib) * MIB
+        total = device.total_mib * MIB
         mem.total, mem.used, mem.free = total, device.used_mib * MIB, total - device.used_mib * MIB
         return mem
 

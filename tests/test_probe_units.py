@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -96,7 +96,7 @@ def test_ollama_stream_lines() -> None:
 # --- Ollama /api/ps and the canary's keep_alive --------------------------------------------------
 
 def _iso(seconds_from_now: float, now: float) -> str:
-    return datetime.fromtimestamp(now + seconds_from_now, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(now + seconds_from_now, UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_ps_gives_vram_and_expiry_and_recognises_forever() -> None:
@@ -340,7 +340,7 @@ def test_process_statuses_in_trace_words() -> None:
 
 def test_forever_expiry_far_in_the_future() -> None:
     now = time.time()
-    far = datetime.fromtimestamp(now, timezone.utc) + timedelta(days=365 * 20)
+    far = datetime.fromtimestamp(now, UTC) + timedelta(days=365 * 20)
     (model,) = parse_ps({"models": [{"name": "m", "expires_at": far.isoformat()}]}, now)
     assert model.expires_in_s is None and model.extra["keep_alive"] == "forever"
     assert not math.isinf(parse_ps({"models": [{"name": "m", "expires_at": _iso(5, now)}]}, now)[0].expires_in_s)

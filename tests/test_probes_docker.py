@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import time
 import uuid
@@ -24,7 +23,13 @@ import httpx
 import psutil
 import pytest
 
-from tests.infra.docker_engine import LABEL, DockerEngine, busybox_image, docker_engine, python_mounts  # noqa: F401
+from tests.infra.docker_engine import (  # noqa: F401
+    LABEL,
+    DockerEngine,
+    busybox_image,
+    docker_engine,
+    python_mounts,
+)
 from tests.infra.system import free_port
 from tests.infra.systemd_container import SystemdContainer, systemd_container, systemd_image  # noqa: F401
 from tests.paths import ROOT
@@ -210,10 +215,11 @@ async def test_a_units_journal_and_its_processes(
     task = asyncio.create_task(probe.run())
     try:
         await asyncio.sleep(1.0)  # journalctl -f -n 0 is following before the unit starts
+        script = ("echo starting; sleep 0.5; "
+                  "echo 'ggml_backend_cuda_buffer_type_alloc_buffer: cudaMalloc failed: out of memory'; "
+                  "exec sleep 300")
         systemd_container.exec(["systemd-run", f"--unit={unit}", "--description=a fake server", "/bin/sh", "-c",
-                                "echo starting; sleep 0.5; "
-                                "echo 'ggml_backend_cuda_buffer_type_alloc_buffer: cudaMalloc failed: "
-                                "out of memory'; exec sleep 300"])
+                                script])
 
         async def malloc() -> LogLine:
             while not out:
@@ -239,8 +245,7 @@ async def test_a_units_journal_and_its_processes(
         assert unit in Path(f"/proc/{located.pid}/cgroup").read_text()
         assert attributor.owner(located.pid) == "unit"
         assert attributor.owner(psutil.Process().pid) is None
-        status = json.loads(json.dumps(systemd_container.show(unit, "ActiveState")))
-        assert status["ActiveState"] == "active"
+        assert systemd_container.show(unit, "ActiveState")["ActiveState"] == "active"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

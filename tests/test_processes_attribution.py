@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -78,7 +79,7 @@ async def test_cpu_is_summed_over_the_process_tree(processes: list[Any]) -> None
     probes, _ = probe([target("busy", process_match=token)])
     try:
         await probes.round()
-        time.sleep(0.5)  # let the child burn CPU between the two looks
+        await asyncio.sleep(0.5)  # the window the CPU figure is measured over
         (sample,) = await probes.round()
         assert sample.pid == parent.pid and sample.extra["found_by"] == "process_match"
         assert sample.cpu_percent is not None and sample.cpu_percent > 50  # the parent itself sleeps

@@ -66,7 +66,7 @@ def _expires_in(value: Any, wall_now: float) -> float | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(value)
     except ValueError:
         return None
     if when.tzinfo is None:
