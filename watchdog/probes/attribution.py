@@ -34,7 +34,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -321,7 +321,7 @@ class Attributor:
         roots = sorted(pid for pid, ppid in members.items() if ppid not in members)
         return roots[0] if roots else None
 
-    def _locate_tree(self, view: _TargetView, how: str, find: object) -> Located:
+    def _locate_tree(self, view: _TargetView, how: str, find: Callable[[_TargetView], int | None]) -> Located:
         # Keep the main process while it lives and still qualifies; search again at most
         # every rescan_s (a full process scan costs milliseconds).
         if view.main_pid is not None and _create_time(view.main_pid) == view.main_ctime:
@@ -330,7 +330,7 @@ class Attributor:
         if now - self._last_scan.get(view.settings.name, -1e9) < self.rescan_s and view.main_pid is None:
             return Located(None, how)
         self._last_scan[view.settings.name] = now
-        pid = find(view)  # type: ignore[operator]
+        pid = find(view)
         view.main_pid, view.main_ctime = pid, _create_time(pid) if pid is not None else None
         return Located(pid, how)
 

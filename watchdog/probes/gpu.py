@@ -629,9 +629,12 @@ class XidWatcher:
                 self._stop.wait(self.probe.no_driver_retry_s)
                 return
             self._log.ok("watch", "XID events watched again")
+            # Waited on directly, not through nvml.call: a wait that times out after
+            # wait_ms would read as the slowest NVML call of all in the timings.
+            wait = nvml.table.nvmlEventSetWait_v2
             while not self._stop.is_set() and self.probe.generation == generation:
                 try:
-                    data = nvml.call("nvmlEventSetWait_v2", event_set, self.wait_ms)
+                    data = wait(event_set, self.wait_ms)
                 except NVMLError as exc:
                     if error_code(exc) == pynvml.NVML_ERROR_TIMEOUT:
                         continue
