@@ -15,16 +15,12 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import openai
 
-import openai  # noqa: E402
-
-from tests.simulator import Simulator  # noqa: E402
+from watchdog.sim.launch import Simulator
 
 
 def pct(values: list[float], q: float) -> float:

@@ -77,7 +77,7 @@ def test_ollama_hang_answers_ps_but_never_generates_until_recover(sim_factory):
 
 
 def test_hang_after_tokens_stalls_a_vllm_stream_while_health_and_metrics_answer(sim_factory):
-    sim = sim_factory("vllm", *FAST)
+    sim = sim_factory("vllm", *FAST, "--stats-interval", "0.2")
     nvml, h = gpu(sim)
     sim.inject("hang", after_tokens=3)
     client = openai.OpenAI(base_url=f"{sim.url}/v1", api_key="x", max_retries=0, timeout=1.0)
@@ -93,6 +93,27 @@ def test_hang_after_tokens_stalls_a_vllm_stream_while_health_and_metrics_answer(
     assert re.search(r"^vllm:num_requests_running\{.*\} 1\.0$", metrics, re.M)  # the aborted request stays
     wait_for(lambda: util(nvml, h) == 0, 2, "GPU idle while the engine is stuck")
     assert used_mib(nvml, h) > 10000  # vLLM's memory stays held
+    sim.wait_log("Avg generation throughput: 0.0 tokens/s, Running: 1 reqs, Waiting: 0 reqs")
+
+
+def test_vllm_exits_when_its_engine_core_dies(sim_factory):
+    sim = sim_factory("vllm", *FAST)
+    nvml, h = gpu(sim)
+    [engine_core] = procs(nvml, h)
+    assert engine_core != sim.pid
+    os.kill(engine_core, signal.SIGKILL)
+    assert sim.proc.wait(5) == 1
+    assert "died unexpectedly" in sim.wait_log("EngineCore_0")
+
+
+def test_a_model_split_across_two_gpus(sim_factory):
+    sim = sim_factory("vllm", *FAST, "--gpu-index", "0", "--gpu-index", "1", "--gpu-mem-mib", "16000",
+                      "--gpu-memory-utilization", "0.5")
+    nvml = sim.nvml()
+    assert nvml.nvmlDeviceGetCount() == 2
+    per_gpu = [procs(nvml, nvml.nvmlDeviceGetHandleByIndex(i)) for i in (0, 1)]
+    assert per_gpu[0] == per_gpu[1] and len(per_gpu[0]) == 1
+    assert sum(per_gpu[0].values()) == pytest.approx((0.5 * 16000 * 2 - 310) / 2, abs=1)
 
 
 def test_hang_scope_all_stalls_status_routes_too(sim_factory):
@@ -257,10 +278,10 @@ def test_a_runner_killed_from_outside_drops_its_model(sim_factory):
 
 
 def test_a_frozen_server_reads_idle_with_memory_held(sim_factory):
-    sim = sim_factory("vllm", "--decode-tps", "5", "--load-time", "0.1")
+    sim = sim_factory("vllm", "--decode-tps", "10", "--load-time", "0.1")
     nvml, h = gpu(sim)
     thread, _ = background(lambda: httpx.post(f"{sim.url}/v1/completions", timeout=10,
-                                              json={"model": sim.model, "prompt": "x", "max_tokens": 20}))
+                                              json={"model": sim.model, "prompt": "x", "max_tokens": 15}))
     wait_for(lambda: util(nvml, h) > 90, 3, "busy while generating")
     held = used_mib(nvml, h)
     os.kill(sim.pid, signal.SIGSTOP)

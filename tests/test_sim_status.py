@@ -48,9 +48,9 @@ def test_vllm_metrics_parse_and_follow_the_work(sim_factory):
 
 
 def test_vllm_metrics_show_running_and_waiting_requests(sim_factory):
-    sim = sim_factory("vllm", "--decode-tps", "20", "--parallel", "2", "--response-tokens", "40")
+    sim = sim_factory("vllm", "--decode-tps", "40", "--parallel", "2", "--response-tokens", "40")
     threads = [threading.Thread(target=httpx.post, args=(f"{sim.url}/v1/completions",),
-                                kwargs={"json": {"model": sim.model, "prompt": "x", "max_tokens": 40},
+                                kwargs={"json": {"model": sim.model, "prompt": "x", "max_tokens": 24},
                                         "timeout": 30}) for _ in range(3)]
     for t in threads:
         t.start()
@@ -61,7 +61,7 @@ def test_vllm_metrics_show_running_and_waiting_requests(sim_factory):
         t.join(30)
     final = metrics(sim.url)
     assert final["vllm:num_requests_running"] == final["vllm:num_requests_waiting"] == 0
-    assert final["vllm:generation_tokens_total"] == 120
+    assert final["vllm:generation_tokens_total"] == 72
 
 
 def test_llamacpp_health_is_503_while_loading_then_ok(sim_factory):
@@ -94,3 +94,22 @@ def test_llamacpp_slots_metrics_and_native_completion(sim_factory):
                       timeout=10) as resp:
         events = [line for line in resp.iter_lines() if line.startswith("data: ")]
     assert len(events) == 4 and '"stop":true' in events[-1]
+
+
+def test_a_long_prefill_is_busy_without_tokens_but_counts_prompt_tokens(sim_factory):
+    sim = sim_factory("vllm", "--prefill-tps", "4000", "--decode-tps", "200")
+    nvml = sim.nvml()
+    gpu = nvml.nvmlDeviceGetHandleByIndex(0)
+    thread = threading.Thread(target=httpx.post, args=(f"{sim.url}/v1/completions",), kwargs={
+        "json": {"model": sim.model, "prompt": "word " * 8000, "max_tokens": 3}, "timeout": 30})
+    thread.start()
+    first = wait_for(lambda: (m := metrics(sim.url))["vllm:prompt_tokens_total"] > 0 and m, 3,
+                     "prompt tokens counted during the prefill")
+    assert first["vllm:generation_tokens_total"] == 0 and first["vllm:num_requests_running"] == 1
+    wait_for(lambda: nvml.nvmlDeviceGetUtilizationRates(gpu).gpu > 90, 2, "the GPU busy prefilling")
+    assert metrics(sim.url)["vllm:generation_tokens_total"] == 0
+    wait_for(lambda: metrics(sim.url)["vllm:prompt_tokens_total"] > first["vllm:prompt_tokens_total"],
+             3, "the prompt-token counter rising")
+    thread.join(30)
+    final = metrics(sim.url)
+    assert final["vllm:prompt_tokens_total"] == 10000 and final["vllm:generation_tokens_total"] == 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", default="", help="name of the state file (default KIND-PID)")
     p.add_argument("--fault", action="append", default=[], metavar="NAME[:k=v,...]",
                    help="a fault active from the start (repeatable)")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop when the process that started this one dies (tests, the demo)")
     return p
 
 
@@ -83,7 +86,14 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         instance=args.instance, faults=faults)
 
 
-async def serve(cfg: SimConfig) -> int:
+async def _watch_parent(stop: asyncio.Event) -> None:
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(0.5)
+    stop.set()
+
+
+async def serve(cfg: SimConfig, exit_with_parent: bool = False) -> int:
     from watchdog.sim.server import SimServer, ready_line
 
     server = SimServer(cfg)
@@ -91,6 +101,8 @@ async def serve(cfg: SimConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if exit_with_parent:
+        loop.create_task(_watch_parent(stop))
     try:
         await server.start()
     except (SimError, OSError) as exc:
@@ -110,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FaultError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(cfg))
+    return asyncio.run(serve(cfg, args.exit_with_parent))
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ class Request:
     prefill_done_at: float = 0.0
     finished_at: float = 0.0
     prefill_progress: float = 0.0
+    prompt_counted: int = 0
     decode_progress: float = 0.0
     emitted: int = 0
     aborted: bool = False
@@ -382,7 +383,7 @@ class Engine:
         wait = 5.0 + self._rng.uniform(0.001, 0.05)
         await asyncio.sleep(float(self.faults.param("failed_unload", "report_after_s") or 5.0))
         if orphan in self.orphans:
-            self.log.warn("gpu VRAM usage didn't recover within timeout", source="sched.go:648",
+            self.log.warning("gpu VRAM usage didn't recover within timeout", source="sched.go:648",
                           seconds=f"{wait:.9f}", runner__size=_gib(lm.target_mib),
                           runner__vram=_gib(orphan.mem_mib), runner__parallel=self.cfg.parallel,
                           runner__pid=orphan.runner.pid,
@@ -499,9 +500,12 @@ class Engine:
             progressed = True
             if req.phase == "prefill":
                 req.prefill_progress += dt * self.cfg.prefill_tps * slow
+                # counted as it is computed (chunked prefill): a long prompt shows progress
+                done = min(int(req.prefill_progress), req.prompt_tokens)
+                self.counters.prompt_tokens += done - req.prompt_counted
+                req.prompt_counted = done
                 if req.prefill_progress >= req.prompt_tokens:
                     req.phase, req.prefill_done_at = "decode", now
-                    self.counters.prompt_tokens += req.prompt_tokens
                     self.counters.prompt_seconds += req.prefill_seconds
                 continue
             req.decode_progress += dt * self.cfg.decode_tps * slow

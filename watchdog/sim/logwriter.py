@@ -78,7 +78,7 @@ class ServerLog:
     def info(self, msg: str, source: str = "server.go:1", **kv: object) -> None:
         raise NotImplementedError
 
-    def warn(self, msg: str, source: str = "server.go:1", **kv: object) -> None:
+    def warning(self, msg: str, source: str = "server.go:1", **kv: object) -> None:
         raise NotImplementedError
 
     def error(self, msg: str, source: str = "server.go:1", **kv: object) -> None:
@@ -117,7 +117,7 @@ class OllamaLog(ServerLog):
     def info(self, msg: str, source: str = "server.go:1", **kv: object) -> None:
         self._slog("INFO", source, msg, kv)
 
-    def warn(self, msg: str, source: str = "server.go:1", **kv: object) -> None:
+    def warning(self, msg: str, source: str = "server.go:1", **kv: object) -> None:
         self._slog("WARN", source, msg, kv)
 
     def error(self, msg: str, source: str = "server.go:1", **kv: object) -> None:
@@ -154,7 +154,7 @@ class VllmLog(ServerLog):
     def info(self, msg: str, source: str = "api_server.py:1", **kv: object) -> None:
         self._log("INFO", source, msg + _kv_suffix(kv))
 
-    def warn(self, msg: str, source: str = "api_server.py:1", **kv: object) -> None:
+    def warning(self, msg: str, source: str = "api_server.py:1", **kv: object) -> None:
         self._log("WARNING", source, msg + _kv_suffix(kv))
 
     def error(self, msg: str, source: str = "core.py:1", **kv: object) -> None:
@@ -204,7 +204,7 @@ class LlamaCppLog(ServerLog):
     def info(self, msg: str, source: str = "srv  ", **kv: object) -> None:
         self.line(f"{source} {msg}{_kv_suffix(kv)}")
 
-    def warn(self, msg: str, source: str = "srv  ", **kv: object) -> None:
+    def warning(self, msg: str, source: str = "srv  ", **kv: object) -> None:
         self.line(f"{source} warning: {msg}{_kv_suffix(kv)}")
 
     def error(self, msg: str, source: str = "srv  ", **kv: object) -> None:

@@ -186,7 +186,7 @@ async def _serve(request: web.Request, chat: bool) -> web.StreamResponse:
     prompt_tokens = count_tokens(text) + (12 if chat else 6)
     num_ctx = int(options.get("num_ctx") or sim.cfg.num_ctx)
     if prompt_tokens > num_ctx:
-        sim.log.warn("truncating input prompt", source="runner.go:131", limit=num_ctx,
+        sim.log.warning("truncating input prompt", source="runner.go:131", limit=num_ctx,
                      prompt=prompt_tokens, keep=4, new=num_ctx)
         prompt_tokens = num_ctx
     num_predict = options.get("num_predict")

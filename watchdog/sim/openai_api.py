@@ -171,13 +171,14 @@ async def _serve(request: web.Request, chat: bool) -> web.StreamResponse:
     if stream:
         out = Stream(request, "text/event-stream; charset=utf-8", headers_now=sim.cfg.kind == "vllm")
         await out.open()
-        if chat:
-            await out.send(_sse(_chunk(rid, created, lm.name, chat, {"role": "assistant", "content": ""})))
     pieces: list[str] = []
     try:
         async for kind, value in req.events():
             if kind == "token":
                 if out:
+                    if chat and out.chunks == 0:  # the role comes with the engine's first output
+                        await out.send(_sse(_chunk(rid, created, lm.name, chat,
+                                                   {"role": "assistant", "content": ""})))
                     await out.send(_sse(_chunk(rid, created, lm.name, chat, {"content": value})))
                 else:
                     pieces.append(value)

@@ -44,7 +44,8 @@ class SimServer:
         self._gpu_task: asyncio.Task[None] | None = None
 
     def _changed(self) -> None:
-        self.gpu.poke()
+        """The engine changed what the GPU shows: write it now, as NVML would see it at once."""
+        self.gpu.write_now()
 
     # -- the app ------------------------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -150,6 +151,7 @@ class SimServer:
     async def start(self) -> str:
         """Start the GPU writer, load what loads at start-up, listen; returns the URL."""
         self.engine.start()
+        self.gpu.write_now()
         self._gpu_task = asyncio.get_running_loop().create_task(self.gpu.run())
         for name, params in self.cfg.faults:
             self.apply_fault(name, dict(params))
@@ -157,6 +159,7 @@ class SimServer:
             self.log.info(f"vLLM API server version 0.11.0, model {self.cfg.models[0].name}")
             await self.engine.ensure_loaded(self.cfg.models[0].name, -1)
             self.log.info(f"# GPU blocks: {self.engine.kv_capacity_tokens() // 16}", source="kv_cache_utils.py:1087")
+        self.gpu.write_now()  # the ready line promises a current GPU state file
         sock = socket.socket(socket.AF_INET6 if ":" in self.cfg.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.cfg.host, self.cfg.port))
