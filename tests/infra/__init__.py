@@ -1,9 +1,27 @@
 """Real test infrastructure: a private Docker engine, locally built images, systemd in a container.
 
-Test modules import the fixtures they use explicitly, for example::
+Test modules import the fixtures they use explicitly (a fixture's own fixtures
+too: pytest looks them up in the test module), for example::
 
-    from tests.infra.docker_engine import docker_engine, busybox_image  # noqa: F401
+    from tests.infra.docker_engine import docker_engine, busybox_image, python_containers  # noqa: F401
     from tests.infra.systemd_container import systemd_image, systemd_container  # noqa: F401
+    from tests.infra.wheelhouse import wheelhouse  # noqa: F401
+
+- ``docker_engine`` (session) -> :class:`~tests.infra.docker_engine.DockerEngine`:
+  ``.client`` (a ``docker.DockerClient``), ``.socket_path``, ``.base_url``,
+  ``.network`` (its own bridge network), ``.pid`` (of dockerd).
+- ``busybox_image`` (session) -> the tag of a tiny busybox image in that engine.
+- ``python_containers`` (function) -> ``start(args, container_port=..., image=None,
+  name=None, env=None, mounts=None, host_network=False) -> PythonContainer``
+  (``.url``, ``.host_port``, ``.host_pid``, ``.container``, ``.wait_http(path)``,
+  ``.logs()``): our Python code (``python ARGS``) in a container.
+- ``systemd_image`` (session) -> the tag of a Debian 12 image with systemd.
+- ``systemd_container`` (function) -> :class:`~tests.infra.systemd_container.SystemdContainer`:
+  systemd as PID 1, booted; ``.exec(cmd)``, ``.copy_in(path, dir)``,
+  ``.write_file(path, text)``, ``.read_file(path)``, ``.show(unit, *props)``,
+  ``.journal(unit)``.
+- ``wheelhouse`` (session) -> a directory of wheels (the package from this tree and
+  its dependencies) for ``install.sh --wheelhouse``.
 
 Everything is installed (apt-get) and started by the fixtures themselves; under
 ``CI=true`` a fixture that cannot start its part fails the test, locally it skips

@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import io
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -176,7 +177,10 @@ def start_engine(base: Path = Path("/tmp")) -> DockerEngine:
         raise InfraError("a private Docker engine needs root")
     ensure_commands({"dockerd": "docker.io", "docker-proxy": "docker.io"})
     _sweep_stale_run_dirs(base)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-", dir=base))
+    # Only letters, digits and '-' in the name: it also names the containerd namespace,
+    # which rejects others (a mkdtemp suffix may end in '_').
+    run_dir = base / f"{RUN_DIR_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    run_dir.mkdir(mode=0o700)
     (run_dir / "owner.pid").write_text(str(os.getpid()))
     (run_dir / "daemon.json").write_text("{}\n")  # never the host's /etc/docker/daemon.json
     socket_path = run_dir / "docker.sock"
