@@ -25,13 +25,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.simulator import Simulator
 from watchdog.config.model import TargetSettings
 from watchdog.probes.adapters import make_adapter
 from watchdog.probes.attribution import Attributor
 from watchdog.probes.canary import CanaryProbe
 from watchdog.probes.gpu import GpuProbe
 from watchdog.probes.recorder import FlightRecorder
+from watchdog.sim.launch import Simulator
 from watchdog.sim.nvml import SimNvml
 from watchdog.trace.records import (
     Canary,
