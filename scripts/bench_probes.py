@@ -137,13 +137,10 @@ async def bench_live(rounds: int = 200) -> dict[str, dict[str, float]]:
         sims = [
             Simulator(
                 kind,
-                "--decode-tps",
-                "500",
-                "--load-time",
-                "0.2",
+                *("--decode-tps", "500", "--load-time", "0.2"),
+                *(["--gpu-memory-utilization", "0.3"] if kind == "vllm" else []),
                 gpu_dir=gpu_dir,
                 workdir=Path(tmp) / kind,
-                *(["--gpu-memory-utilization", "0.3"] if kind == "vllm" else []),
             )
             for kind in ("ollama", "vllm", "llamacpp")
         ]
