@@ -131,11 +131,13 @@ def test_ollama_canary_only_to_loaded_models_with_their_remaining_time() -> None
         LoadedModel("forever", 100, extra={"keep_alive": "forever"}),
         LoadedModel("soon", 100, expires_in_s=12.0),
         LoadedModel("unknown", 100, expires_in_s=None),
+        LoadedModel("busy", 100, expires_in_s=3.0),
     ])
     # 10 s after the poll: "a" has 50 s left, "soon" 2 s (too close to expiry to risk a reload).
     choices, why = adapter.canary_choices(poll, 110.0, [])
     assert [(c.model, c.keep_alive) for c in choices] == [("a", 50.0), ("forever", -1)]
     assert "soon: expires in 2s" in why and "unknown: expiry unknown" in why
+    assert "busy: its expiry has passed" in why
     requests = adapter.canary_requests(choices[0], "hi", 4)
     assert requests[0].body["keep_alive"] == 50 and requests[0].body["options"]["num_predict"] == 4
     assert adapter.canary_requests(choices[1], "hi", 4)[0].body["keep_alive"] == -1

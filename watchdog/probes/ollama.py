@@ -126,8 +126,13 @@ class OllamaAdapter(ServerAdapter):
                 reasons.append(f"{name}: expiry unknown")
                 continue
             remaining = model.expires_in_s - max(0.0, now - poll.t)
+            if remaining <= 0:
+                # Still listed after its expiry: busy with a request longer than its keep_alive
+                # (Ollama sets the expiry when the last request ends), or being unloaded.
+                reasons.append(f"{name}: its expiry has passed (busy, or being unloaded)")
+                continue
             if remaining < MIN_REMAINING_S:
-                reasons.append(f"{name}: expires in {max(remaining, 0):.0f}s")
+                reasons.append(f"{name}: expires in {remaining:.0f}s")
                 continue
             choices.append(CanaryChoice(name, keep_alive=float(math.floor(remaining))))
         return choices, "; ".join(reasons)
