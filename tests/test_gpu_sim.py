@@ -82,25 +82,26 @@ async def test_two_targets_on_one_gpu(sim_factory: Any) -> None:  # noqa: F811
         probe.close()
 
 
+async def first_sample(probe: GpuProbe, condition: Any, timeout: float = 5.0) -> GpuSample:
+    """Rounds until a sample meets ``condition`` (SimNvml caches its files for 50 ms)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            (sample,) = await probe.round()
+            if condition(sample):
+                return sample
+            await asyncio.sleep(0.02)
+
+
 async def test_a_lost_gpu_and_its_recovery(sim_factory: Any) -> None:  # noqa: F811
     sim = sim_factory("vllm", *FAST)
     probe, _, _ = probe_for(sim, [target(sim)], retry_init_s=0.2)
     try:
         assert (await probe.round())[0].error is None
         sim.inject("gpu_lost")
-        await asyncio.sleep(0.1)  # SimNvml caches a reading for 50 ms
-        (lost,) = await probe.round()
+        lost = await first_sample(probe, lambda s: s.error is not None)
         assert (lost.error, lost.util, lost.mem_used_mib) == ("gpu_lost", None, None)
         sim.recover()
-
-        async def answers() -> GpuSample:
-            while True:
-                (sample,) = await probe.round()
-                if sample.error is None:
-                    return sample
-                await asyncio.sleep(0.05)
-
-        back = await asyncio.wait_for(answers(), 5.0)
+        back = await first_sample(probe, lambda s: s.error is None)
         assert back.mem_used_mib and back.mem_used_mib > 0
     finally:
         probe.close()
@@ -112,16 +113,10 @@ async def test_driver_mismatch_then_a_fresh_init(sim_factory: Any) -> None:  # n
     try:
         await probe.round()
         sim.inject("driver_mismatch")
-        await asyncio.sleep(0.1)
-        (sample,) = await probe.round()
+        sample = await first_sample(probe, lambda s: s.error is not None)
         assert sample.error == "driver_mismatch" and "NVML lost" in probe.status
         sim.recover()
-
-        async def ok() -> None:
-            while (await probe.round())[0].error is not None:
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(ok(), 5.0)
+        await first_sample(probe, lambda s: s.error is None)
         assert probe.status.startswith("ok")
     finally:
         probe.close()

@@ -60,8 +60,7 @@ async def follow() -> AsyncIterator[Callable[..., Any]]:
         out: list[LogLine] = []
         probe = LogProbe("t", FileSource(path, poll_s=0.02), time.monotonic, out.append, retry_s=0.05, **kw)
         tasks.append(asyncio.create_task(probe.run()))
-        await until(lambda: probe.following, 5, "the probe to follow")
-        await asyncio.sleep(0.1)  # its first read positions it at the end of the file
+        await asyncio.wait_for(probe.source.ready.wait(), 5)  # positioned at the end of the file
         return Following(probe, out)
 
     yield start
@@ -77,8 +76,8 @@ async def test_starts_at_the_end_and_passes_on_only_lines_that_matter(tmp_path: 
     append(log, "INFO request done in 0.2s", MALLOC, "INFO another")
     assert await f.wait_lines(1) == [MALLOC]
     assert f.out[0].target == "t" and f.out[0].extra["pattern"] == "cuda_malloc_failed"
-    await asyncio.sleep(0.2)
-    assert f.lines() == [MALLOC] and f.probe.lines_seen == 3
+    await until(lambda: f.probe.lines_seen == 3, 5, "every new line read")
+    assert f.lines() == [MALLOC]  # and nothing from before the probe started
 
 
 async def test_rotation_by_rename_loses_nothing(tmp_path: Path, follow: Any) -> None:
@@ -155,8 +154,7 @@ async def test_the_simulators_out_of_memory_lines(sim_factory: Any) -> None:  # 
     probe = LogProbe("vllm", FileSource(sim.log_path, poll_s=0.02), time.monotonic, out.append)
     task = asyncio.create_task(probe.run())
     try:
-        await until(lambda: probe.following, 5, "the probe to follow")
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(probe.source.ready.wait(), 5)
         sim.inject("fragmentation")
         async with httpx.AsyncClient(timeout=5) as client:
             await client.post(f"{sim.url}/v1/completions", json={"model": sim.model, "prompt": "hi",

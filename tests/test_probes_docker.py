@@ -176,8 +176,8 @@ async def test_container_logs_pass_on_the_lines_that_matter(
     probe = LogProbe("in-docker", DockerSource(sim.name, docker), time.monotonic, out.append, retry_s=0.2)
     task = asyncio.create_task(probe.run())
     try:
-        await asyncio.sleep(0.5)  # the stream starts at the end: what came before is not news
-        assert out == []
+        await asyncio.wait_for(probe.source.ready.wait(), 10)
+        assert out == []  # the stream starts at the end: what came before is not news
         httpx.post(f"{sim.url}/_sim/fault", json={"fault": "fragmentation"}, timeout=5).raise_for_status()
         async with httpx.AsyncClient(timeout=10) as client:
             model = (await client.get(f"{sim.url}/v1/models")).json()["data"][0]["id"]
@@ -214,8 +214,9 @@ async def test_a_units_journal_and_its_processes(
     probe = LogProbe("unit", JournalSource(unit, command=journalctl), time.monotonic, out.append, retry_s=0.2)
     task = asyncio.create_task(probe.run())
     try:
-        await asyncio.sleep(1.0)  # journalctl -f -n 0 is following before the unit starts
-        script = ("echo starting; sleep 0.5; "
+        await asyncio.wait_for(probe.source.ready.wait(), 10)
+        # The unit logs its failure a moment after it starts, as a server does after loading.
+        script = ("echo starting; sleep 2; "
                   "echo 'ggml_backend_cuda_buffer_type_alloc_buffer: cudaMalloc failed: out of memory'; "
                   "exec sleep 300")
         systemd_container.exec(["systemd-run", f"--unit={unit}", "--description=a fake server", "/bin/sh", "-c",
