@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -96,7 +96,7 @@ def test_ollama_stream_lines() -> None:
 # --- Ollama /api/ps and the canary's keep_alive --------------------------------------------------
 
 def _iso(seconds_from_now: float, now: float) -> str:
-    return datetime.fromtimestamp(now + seconds_from_now, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(now + seconds_from_now, UTC).isoformat().replace("+00:00", "Z")
 
 
 def test_ps_gives_vram_and_expiry_and_recognises_forever() -> None:
@@ -131,11 +131,13 @@ def test_ollama_canary_only_to_loaded_models_with_their_remaining_time() -> None
         LoadedModel("forever", 100, extra={"keep_alive": "forever"}),
         LoadedModel("soon", 100, expires_in_s=12.0),
         LoadedModel("unknown", 100, expires_in_s=None),
+        LoadedModel("busy", 100, expires_in_s=3.0),
     ])
     # 10 s after the poll: "a" has 50 s left, "soon" 2 s (too close to expiry to risk a reload).
     choices, why = adapter.canary_choices(poll, 110.0, [])
     assert [(c.model, c.keep_alive) for c in choices] == [("a", 50.0), ("forever", -1)]
     assert "soon: expires in 2s" in why and "unknown: expiry unknown" in why
+    assert "busy: its expiry has passed" in why
     requests = adapter.canary_requests(choices[0], "hi", 4)
     assert requests[0].body["keep_alive"] == 50 and requests[0].body["options"]["num_predict"] == 4
     assert adapter.canary_requests(choices[1], "hi", 4)[0].body["keep_alive"] == -1
@@ -201,6 +203,18 @@ def test_planner_skips_while_real_traffic_makes_progress() -> None:
     for t in (40, 45, 50, 55, 60, 65):
         plan.note_poll(_poll(t, 560))
     assert not plan.decide(64.0).send and plan.decide(65.0).send
+
+
+def test_planner_does_not_take_its_own_canary_tokens_for_traffic() -> None:
+    plan = CanaryPlanner(interval=30.0, confirm_interval=5.0)
+    plan.note_poll(_poll(0.0, 100))
+    canary = _canary(1.0, ok=True)
+    canary.tokens = 4
+    plan.note_result(canary)
+    plan.note_poll(_poll(5.0, 104))  # only our 4 tokens
+    assert plan.last_progress is None and plan.decide(31.0).send
+    plan.note_poll(_poll(10.0, 110))  # someone else's
+    assert plan.last_progress == 10.0 and not plan.decide(31.0).send
 
 
 def test_planner_progress_after_a_failure_counts_as_recovery() -> None:
@@ -328,7 +342,7 @@ def test_process_statuses_in_trace_words() -> None:
 
 def test_forever_expiry_far_in_the_future() -> None:
     now = time.time()
-    far = datetime.fromtimestamp(now, timezone.utc) + timedelta(days=365 * 20)
+    far = datetime.fromtimestamp(now, UTC) + timedelta(days=365 * 20)
     (model,) = parse_ps({"models": [{"name": "m", "expires_at": far.isoformat()}]}, now)
     assert model.expires_in_s is None and model.extra["keep_alive"] == "forever"
     assert not math.isinf(parse_ps({"models": [{"name": "m", "expires_at": _iso(5, now)}]}, now)[0].expires_in_s)

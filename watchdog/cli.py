@@ -396,9 +396,9 @@ def run_command(obj: Context) -> None:
     """
     import asyncio
 
-    from watchdog.daemon import run_daemon
-
     from loguru import logger
+
+    from watchdog.daemon import run_daemon
 
     config = obj.load()
     obj.setup_logging(config)

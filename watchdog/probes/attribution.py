@@ -34,7 +34,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -199,7 +199,7 @@ class Attributor:
         for view in views:
             settings = view.settings
             if settings.container:
-                cid = self._container_id(view)
+                cid = self._known_container_id(view)
                 if cid and cgroup_names_container(cgroup, cid):
                     return settings.name
             elif settings.unit and cgroup_names_unit(cgroup, settings.unit):
@@ -269,12 +269,22 @@ class Attributor:
         view.container_pid = info.pid if info.status in ("running", "paused", "restarting") else None
         return Located(view.container_pid, "container", state=info.status)
 
-    def _container_id(self, view: _TargetView) -> str | None:
-        if view.container_id is None:
-            if _HEX_ID.match(view.settings.container):
-                return view.settings.container
-            self._locate_container(view)
+    def _known_container_id(self, view: _TargetView) -> str | None:
+        """The container id as last located, without asking Docker: ownership is asked from
+        the GPU probe's thread, which must not wait on a slow Docker engine (that would read
+        as a GPU that stopped answering)."""
+        if view.container_id is None and _HEX_ID.match(view.settings.container):
+            return view.settings.container
         return view.container_id
+
+    def refresh(self) -> None:
+        """Locate every target now (blocking: Docker, systemctl, process scans).
+
+        The process probe does this every round; call it once before the first
+        GPU round so that containers' processes are attributed from the start.
+        """
+        for name in self._views:
+            self.locate(name)
 
     def _locate_unit(self, view: _TargetView) -> Located:
         unit = unit_name(view.settings.unit)
@@ -311,7 +321,7 @@ class Attributor:
         roots = sorted(pid for pid, ppid in members.items() if ppid not in members)
         return roots[0] if roots else None
 
-    def _locate_tree(self, view: _TargetView, how: str, find: object) -> Located:
+    def _locate_tree(self, view: _TargetView, how: str, find: Callable[[_TargetView], int | None]) -> Located:
         # Keep the main process while it lives and still qualifies; search again at most
         # every rescan_s (a full process scan costs milliseconds).
         if view.main_pid is not None and _create_time(view.main_pid) == view.main_ctime:
@@ -320,7 +330,7 @@ class Attributor:
         if now - self._last_scan.get(view.settings.name, -1e9) < self.rescan_s and view.main_pid is None:
             return Located(None, how)
         self._last_scan[view.settings.name] = now
-        pid = find(view)  # type: ignore[operator]
+        pid = find(view)
         view.main_pid, view.main_ctime = pid, _create_time(pid) if pid is not None else None
         return Located(pid, how)
 

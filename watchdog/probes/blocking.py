@@ -81,8 +81,11 @@ class BlockingRunner:
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
         """Run ``fn(*args)`` in the worker thread; raise DeadlineExceeded after ``timeout`` s."""
         future = self.submit(fn, *args)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # arrives as the call completes, and a cancelled probe would run on.
         try:
-            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(asyncio.wrap_future(future))
         except TimeoutError:
             raise DeadlineExceeded(f"{self.name}: no answer within {timeout:g}s") from None
 

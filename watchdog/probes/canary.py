@@ -73,21 +73,25 @@ class CanaryPlanner:
     last_progress: float | None = None
     server_state: str | None = None
     _last_counter: float | None = field(default=None, repr=False)
+    _own_tokens: int = field(default=0, repr=False)
 
     def note_poll(self, poll: ServerPoll) -> None:
-        """A server poll: remember its state, and whether its token counter rose."""
+        """A server poll: remember its state, and whether its token counter rose by more than
+        our own canaries account for (their tokens are not someone else's traffic)."""
         self.server_state = poll.state
         counter = poll.gen_tokens_total
         if counter is None:
             return
-        if self._last_counter is not None and counter > self._last_counter:
+        if self._last_counter is not None and counter - self._last_counter > self._own_tokens:
             self.last_progress = poll.t
         self._last_counter = counter
+        self._own_tokens = 0
 
     def note_result(self, canary: Canary) -> None:
         self.last_end = canary.t
         self.last_ok = canary.ok
         self.failures = 0 if canary.ok else self.failures + 1
+        self._own_tokens += canary.tokens or 0
 
     def decide(self, now: float) -> Decision:
         if not self.enabled:

@@ -144,6 +144,7 @@ class GpuProbe:
         self._last_reinit = 0.0
         self._next_init = 0.0
         self._runner = BlockingRunner("gpu")
+        self._round_lock = asyncio.Lock()
         self._log = LogOnce("gpu")
         self._lock = threading.Lock()
         self.round_seconds: float | None = None
@@ -168,6 +169,11 @@ class GpuProbe:
         """Sample every device once, emit and return the samples. Never raises."""
         if self.nvml is None:
             return []
+        async with self._round_lock:  # rounds never overlap (an overlap is not a hung driver)
+            return self._emit_all(await self._take_round())
+
+    async def _take_round(self) -> list[GpuSample]:
+        assert self.nvml is not None
         t = self.clock()
         try:
             samples = await self._runner.run(self._sample_all, timeout=self.deadline)
@@ -179,6 +185,9 @@ class GpuProbe:
             samples = self._error_samples(t, f"probe_error: {type(exc).__name__}")
         else:
             self._log.ok("hung", "NVML answers again")
+        return samples
+
+    def _emit_all(self, samples: list[GpuSample]) -> list[GpuSample]:
         for sample in samples:
             self.emit(sample)
         return samples
@@ -620,9 +629,12 @@ class XidWatcher:
                 self._stop.wait(self.probe.no_driver_retry_s)
                 return
             self._log.ok("watch", "XID events watched again")
+            # Waited on directly, not through nvml.call: a wait that times out after
+            # wait_ms would read as the slowest NVML call of all in the timings.
+            wait = nvml.table.nvmlEventSetWait_v2
             while not self._stop.is_set() and self.probe.generation == generation:
                 try:
-                    data = nvml.call("nvmlEventSetWait_v2", event_set, self.wait_ms)
+                    data = wait(event_set, self.wait_ms)
                 except NVMLError as exc:
                     if error_code(exc) == pynvml.NVML_ERROR_TIMEOUT:
                         continue

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -95,12 +94,6 @@ def status_failure(status: int, body: bytes = b"") -> HttpFailure:
     detail = _short(body[:200].decode("utf-8", "replace")) if body else ""
     code = HTTP_5XX if status >= 500 else "http_4xx"
     return HttpFailure(code, detail, status=status)
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    connect: float = 3.0
-    total: float = 5.0
 
 
 def make_client(

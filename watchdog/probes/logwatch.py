@@ -45,6 +45,8 @@ class LogSourceError(Exception):
 
 class LogSource(ABC):
     description: str
+    ready: asyncio.Event
+    """Set once following has begun: lines written from then on will be seen (tests wait on it)."""
 
     @abstractmethod
     def follow(self) -> AsyncIterator[str]:
@@ -66,6 +68,7 @@ class FileSource(LogSource):
         self.max_line = max_line
         self.description = f"file {self.path}"
         self.rotations = 0
+        self.ready = asyncio.Event()
         self._runner = BlockingRunner(f"log-{self.path.name}")
 
     async def _io(self, fn: Any, *args: Any) -> Any:
@@ -79,6 +82,7 @@ class FileSource(LogSource):
         splitter = LineSplitter(self.max_line)
         try:
             handle = await self._io(self._open, True)
+            self.ready.set()
             while handle is None:  # not there yet: wait for it, then read it from its start
                 await asyncio.sleep(self.poll_s)
                 handle = await self._io(self._open, False)
@@ -138,7 +142,12 @@ class FileSource(LogSource):
         return None
 
     async def recent(self, max_lines: int) -> list[str]:
-        return await self._io(self._tail, max_lines)
+        # Its own thread: the follower's worker may be busy with the same file.
+        try:
+            async with asyncio.timeout(10.0):
+                return await asyncio.to_thread(self._tail, max_lines)
+        except TimeoutError:
+            raise LogSourceError(f"{self.path}: no answer within 10s") from None
 
     def _tail(self, max_lines: int) -> list[str]:
         """The last lines, reading backwards from the end in chunks (never the whole file)."""
@@ -197,10 +206,11 @@ class JournalSource(LogSource):
         self.command = list(command)
         self.max_line = max_line
         self.description = f"journal of {unit}"
+        self.ready = asyncio.Event()
 
     async def follow(self) -> AsyncIterator[str]:
         args = [*self.command, "-u", self.unit, "-f", "-o", "json", "-n", "0", "--no-pager"]
-        async for line in self._run(args):
+        async for line in self._run(args, started=self.ready):
             yield line
 
     async def recent(self, max_lines: int) -> list[str]:
@@ -214,7 +224,8 @@ class JournalSource(LogSource):
             pass
         return lines[-max_lines:]
 
-    async def _run(self, args: list[str], follow: bool = True) -> AsyncIterator[str]:
+    async def _run(self, args: list[str], follow: bool = True,
+                   started: asyncio.Event | None = None) -> AsyncIterator[str]:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -223,6 +234,8 @@ class JournalSource(LogSource):
         except OSError as exc:
             raise LogSourceError(f"cannot run {args[0]}: {exc.strerror}") from None
         assert proc.stdout is not None and proc.stderr is not None
+        if started is not None:
+            started.set()
         splitter = LineSplitter(JOURNAL_MAX_JSON)
         try:
             while True:
@@ -265,6 +278,7 @@ class DockerSource(LogSource):
         self.queue_lines = queue_lines
         self.description = f"container {container}"
         self.dropped = 0
+        self.ready = asyncio.Event()
         self._since: datetime | None = None
 
     async def follow(self) -> AsyncIterator[str]:
@@ -292,6 +306,7 @@ class DockerSource(LogSource):
                     kwargs["since"] = since
                 stream = container.logs(**kwargs)
                 holder["stream"] = stream
+                loop.call_soon_threadsafe(self.ready.set)
                 if stop.is_set():
                     stream.close()
                 for chunk in stream:
@@ -332,7 +347,8 @@ class DockerSource(LogSource):
             return self.docker.logs_tail(self.container, max_lines)
 
         try:
-            data = await asyncio.wait_for(asyncio.to_thread(tail), 15.0)
+            async with asyncio.timeout(15.0):
+                data = await asyncio.to_thread(tail)
         except DockerUnavailable as exc:
             raise LogSourceError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001

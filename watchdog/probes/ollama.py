@@ -69,7 +69,7 @@ def _expires_in(value: Any, wall_now: float) -> float | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(value)
     except ValueError:
         return None
     if when.tzinfo is None:
@@ -151,8 +151,13 @@ class OllamaAdapter(ServerAdapter):
                 choices.append(CanaryChoice(name, keep_alive=None))
                 continue
             remaining = model.expires_in_s - max(0.0, now - poll.t)
+            if remaining <= 0:
+                # Still listed after its expiry: busy with a request longer than its keep_alive
+                # (Ollama sets the expiry when the last request ends), or being unloaded.
+                reasons.append(f"{name}: its expiry has passed (busy, or being unloaded)")
+                continue
             if remaining < MIN_REMAINING_S:
-                reasons.append(f"{name}: expires in {max(remaining, 0):.0f}s")
+                reasons.append(f"{name}: expires in {remaining:.0f}s")
                 continue
             choices.append(CanaryChoice(name, keep_alive=float(math.floor(remaining))))
         return choices, "; ".join(reasons)

@@ -66,6 +66,11 @@ async def probe_once(
     suite = ProbeSuite(config, clock, records.append, targets=targets, **(suite_options or {}))
     skipped: dict[str, str] = {}
     try:
+        try:  # containers' ids before the GPU round; a hung Docker engine costs at most 10 s
+            async with asyncio.timeout(10.0):
+                await asyncio.to_thread(suite.attributor.refresh)
+        except TimeoutError:
+            pass
         await suite.processes.prime()
         if suite.gpu is not None:
             await suite.gpu.round()

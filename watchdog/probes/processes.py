@@ -8,6 +8,7 @@ process, so the first sample of a process has none.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,11 +61,16 @@ class ProcessProbe:
         self._procs: dict[tuple[int, float], psutil.Process] = {}
         self._last_pid: dict[str, int] = {}
         self._runner = BlockingRunner("processes")
+        self._round_lock = asyncio.Lock()
         self._log = LogOnce("processes")
         self.located: dict[str, Located] = {}
 
     async def round(self) -> list[ProcessSample]:
         """Look at every target's process once; emit and return the samples. Never raises."""
+        async with self._round_lock:
+            return await self._round()
+
+    async def _round(self) -> list[ProcessSample]:
         try:
             samples = await self._runner.run(self._look_all, timeout=self.deadline)
             self._log.ok("round")
@@ -80,10 +86,11 @@ class ProcessProbe:
 
     async def prime(self) -> None:
         """Take a first look without emitting, so the next round has CPU figures."""
-        try:
-            await self._runner.run(self._look_all, timeout=self.deadline)
-        except Exception:  # noqa: BLE001 - priming is best effort
-            pass
+        async with self._round_lock:
+            try:
+                await self._runner.run(self._look_all, timeout=self.deadline)
+            except Exception:  # noqa: BLE001 - priming is best effort
+                pass
 
     def close(self) -> None:
         self._runner.close()

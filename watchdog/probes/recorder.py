@@ -57,6 +57,7 @@ class FlightRecorder:
         self.max_per_stream = max_per_stream
         self._streams: dict[StreamKey, deque[Record]] = {}
         self._newest: float | None = None
+        self._evicted_at = float("-inf")
         self._lock = threading.Lock()
         self.gpus: dict[int, GpuDevice] = {}
 
@@ -74,7 +75,11 @@ class FlightRecorder:
             stream.append(record)
             if t is not None and (self._newest is None or t > self._newest):
                 self._newest = t
-                self._evict(t - self.window_s)
+                # Evict at most once per second of record time: the window is exact to 1 s and
+                # adding stays cheap however many streams there are.
+                if t - self._evicted_at >= 1.0:
+                    self._evicted_at = t
+                    self._evict(t - self.window_s)
 
     def _evict(self, oldest: float) -> None:
         for key in list(self._streams):
@@ -98,6 +103,9 @@ class FlightRecorder:
         with self._lock:
             return sum(len(s) for s in self._streams.values())
 
+    def _in_window(self, record: Record) -> bool:
+        return self._newest is None or _t(record) >= self._newest - self.window_s
+
     def records(
         self,
         since: float | None = None,
@@ -117,7 +125,10 @@ class FlightRecorder:
         with self._lock:
             streams = [list(s) for (owner, _), s in self._streams.items() if wanted is None or owner in wanted]
         merged = heapq.merge(*(sorted(s, key=_t) for s in streams), key=_t)
-        return [r for r in merged if (since is None or _t(r) >= since) and (until is None or _t(r) <= until)]
+        return [
+            r for r in merged
+            if self._in_window(r) and (since is None or _t(r) >= since) and (until is None or _t(r) <= until)
+        ]
 
     def write(
         self,

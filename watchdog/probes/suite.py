@@ -104,11 +104,14 @@ class ProbeSuite:
         self.config = config
         self.clock = clock
         self.emit = emit
-        chosen = [t for t in config.targets if t.enabled and (targets is None or t.name in targets)]
-        if docker is None and any(t.container for t in chosen):
+        enabled = [t for t in config.targets if t.enabled]
+        chosen = [t for t in enabled if targets is None or t.name in targets]
+        if docker is None and any(t.container for t in enabled):
             docker = DockerAccess()
         self.docker = docker
-        self.attributor = Attributor(chosen, docker=docker, systemctl=systemctl)
+        # Ownership is judged against every enabled target, even when only some are probed:
+        # a process of a target left out of this round is still not "no one's".
+        self.attributor = Attributor(enabled, docker=docker, systemctl=systemctl)
         self.targets: dict[str, TargetProbes] = {}
         for settings in chosen:
             adapter = make_adapter(settings, clock, transport=transport)
