@@ -36,9 +36,11 @@ MIB = 1024 * 1024
 
 
 class Toy:
-    def __init__(self, device: str, size_mib: int, steps: int, step_s: float, token_s: float = 0.03) -> None:
+    def __init__(self, device: str, size_mib: int, steps: int, step_s: float, token_s: float = 0.0,
+                 matrix: int = 8192, products: int = 8) -> None:
         self.device = device
         self.token_s = token_s
+        self.products = products
         self.size_mib = size_mib
         self.steps = steps
         self.step_s = step_s
@@ -52,7 +54,7 @@ class Toy:
         self.lock = threading.Lock()
         self.gpu_lock = threading.Lock()
         self.runners: list[subprocess.Popen[bytes]] = []
-        n = 2048
+        n = matrix
         self.a = torch.randn(n, n, device=device, dtype=torch.float16 if device != "cpu" else torch.float32)
         self.b = torch.randn(n, n, device=device, dtype=self.a.dtype)
 
@@ -81,11 +83,12 @@ class Toy:
 
     def token(self) -> None:
         with self.gpu_lock:
-            for _ in range(12):
+            for _ in range(self.products):  # compute-bound: a busy GPU while it generates
                 self.a = (self.a @ self.b).clamp_(-1, 1)
             if self.device != "cpu":
                 torch.cuda.synchronize()
-        time.sleep(self.token_s)  # a steady token rate, like a real decoder
+        if self.token_s:
+            time.sleep(self.token_s)
         with self.lock:
             self.generated += 1
 
@@ -222,8 +225,11 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=6144)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--step-s", type=float, default=1.0)
+    parser.add_argument("--matrix", type=int, default=8192, help="size of the matrices multiplied per token")
+    parser.add_argument("--products", type=int, default=8, help="matrix products per token")
+    parser.add_argument("--token-s", type=float, default=0.0, help="extra pause per token")
     args = parser.parse_args()
-    toy = Toy(args.device, args.size_mib, args.steps, args.step_s)
+    toy = Toy(args.device, args.size_mib, args.steps, args.step_s, args.token_s, args.matrix, args.products)
     ThreadingHTTPServer.allow_reuse_address = True
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(toy))
     server.daemon_threads = True

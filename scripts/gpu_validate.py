@@ -89,7 +89,7 @@ class ToyServer:
         log = open(self.out / "toy-server.log", "ab")
         self.proc = subprocess.Popen(
             [self.python, str(ROOT / "scripts" / "gpu_toy_server.py"), "--port", str(self.port),
-             "--device", self.device],
+             "--device", self.device, *(["--matrix", "256", "--token-s", "0.03"] if self.device == "cpu" else [])],
             stdout=subprocess.PIPE, stderr=log,
         )
         assert self.proc.stdout is not None
@@ -271,7 +271,7 @@ async def timeline(run: Run, toy: ToyServer) -> None:
 
     await phase("a long generation, then the server freezes (SIGSTOP) mid-way")
     generation = threading.Thread(
-        target=lambda: _stream_quietly(toy.url, 400), daemon=True)
+        target=lambda: _stream_quietly(toy.url, 3000), daemon=True)
     generation.start()
     await asyncio.sleep(4)
     onset = await phase("SIGSTOP")
@@ -370,24 +370,47 @@ def write_report(out: Path, run: Run, info: dict[str, Any], report: Any, probe_t
         for name, stats in sorted(probe_timings.items()):
             lines.append(f"| `{name}` | {stats.get('count', '?')} | {stats.get('errors', 0)} | "
                          f"{_us(stats.get('mean_us'))} | {_us(stats.get('max_us'))} |")
-    lines += ["", "## Timeline", "", "| t (s) | what the script did |", "| --- | --- |"]
-    lines += [f"| {t:.1f} | {name} |" for t, name in run.phases]
+    lines += ["", "## Timeline, and what the GPU showed", "",
+              "| t (s) | what the script did | GPU util median / max | memory of the server's processes |",
+              "| --- | --- | --- | --- |"]
+    ends = [t for t, _ in run.phases[1:]] + [run.clock()]
+    for (t, name), end in zip(run.phases, ends):
+        lines.append(f"| {t:.1f} | {name} | {_phase_gpu(run.records, t, end)} |")
     lines += ["", "## What the watchdog raised", "", "| t (s) | finding | state | summary |", "| --- | --- | --- | --- |"]
     lines += [f"| {f.t:.1f} | {f.finding} | {f.state} | {f.summary} |" for f in run.findings]
-    lines += ["", "## Expected", "", "| finding | onset (s) | raised at (s) | after | window |", "| --- | --- | --- | --- | --- |"]
-    detected = {id(item): f for item, f in report.detected}
-    for item in run.expect:
-        hit = detected.get(id(item))
-        after = f"{hit.t - item['onset']:.1f} s" if hit else "MISSED"
-        lines.append(f"| {item['finding']} | {item['onset']:.1f} | {hit.t:.1f} |" if hit else
-                     f"| {item['finding']} | {item['onset']:.1f} | - |")
-        lines[-1] += f" {after} | {item['raise_by'] - item['onset']:.0f} s |"
+    lines += ["", "## Expected", ""]
+    lines += expected_rows(run.expect, report)
     lines += ["", f"False positives: {len(report.false_positives)}" + (
         "" if not report.false_positives else "\n\n" + "\n".join(f"- {x}" for x in report.false_positives))]
     lines += ["", f"Result: **{'PASS' if report.ok else 'FAIL'}**", ""]
     path = out / "gpu-validation.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _phase_gpu(records: list[Record], start: float, end: float) -> str:
+    from watchdog.trace.records import GpuSample
+
+    samples = [r for r in records if isinstance(r, GpuSample) and start <= r.t < end and r.util is not None]
+    if not samples:
+        return "- | -"
+    utils = sorted(r.util for r in samples)  # type: ignore[misc]
+    held = [sum(p.mem_mib or 0 for p in r.procs if p.target == TARGET) for r in samples]
+    return (f"{statistics.median(utils):.0f}% / {utils[-1]:.0f}% | "
+            f"{min(held) / 1024:.1f}–{max(held) / 1024:.1f} GiB")
+
+
+def expected_rows(expect: list[dict[str, Any]], report: Any) -> list[str]:
+    """The expectations as a table: when each was raised, how long after its onset."""
+    rows = ["| finding | onset (s) | raised at (s) | after | window |", "| --- | --- | --- | --- | --- |"]
+    for item in expect:
+        hit = next((f for it, f in report.detected
+                    if it["finding"] == item["finding"] and it["onset"] == item["onset"]), None)
+        raised = f"{hit.t:.1f}" if hit else "-"
+        after = f"{hit.t - item['onset']:.1f} s" if hit else "MISSED"
+        rows.append(f"| {item['finding']} | {item['onset']:.1f} | {raised} | {after} | "
+                    f"{item['raise_by'] - item['onset']:.0f} s |")
+    return rows
 
 
 def _us(micros: Any) -> str:
