@@ -29,7 +29,7 @@ from loguru import logger
 from watchdog.config import Config, ConfigError, load_config
 from watchdog.control.server import ControlServer
 from watchdog.control.socket import ControlSocketError
-from watchdog.incidents import Incident, IncidentEvent, Incidents
+from watchdog.incidents import Incident, Incidents
 from watchdog.notify_systemd import SystemdNotify
 from watchdog.pipeline import Pipeline, make_engine
 from watchdog.probes.base import MonotonicClock
@@ -88,8 +88,7 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         _log.info(f"starting: {len(self._enabled_targets())} target(s), config {self.config_path}, "
                   f"state in {self.config.watchdog.state_dir}")
-        await self.incidents.start()
-        self.incidents.bus.subscribe(_log_incident_event)
+        await self.incidents.start()  # it logs incidents as they open and close
         self.pipeline.start()
         try:
             try:
@@ -361,15 +360,6 @@ class _Provider:
 
     def allow_wedge(self) -> bool:
         return self.daemon.config.debug.allow_wedge
-
-
-def _log_incident_event(event: IncidentEvent) -> None:
-    """Incidents explained in the journal as they open, change and close."""
-    incident = event.incident
-    if event.kind == "opened":
-        _log.warning(f"incident #{incident.id} opened on {incident.target}: {incident.title}")
-    elif event.kind == "closed":
-        _log.info(f"incident #{incident.id} closed on {incident.target}")
 
 
 async def run_daemon(config_path: str, config: Config) -> int:
