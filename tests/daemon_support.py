@@ -114,7 +114,7 @@ def ctl(config: Path, *args: str, timeout: float = 30.0) -> subprocess.Completed
     """``watchdogctl --config FILE ARGS`` in a fresh process."""
     return subprocess.run(
         [sys.executable, "-m", "watchdog", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=dict(os.environ, COLUMNS="200"),
     )
 
 

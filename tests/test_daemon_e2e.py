@@ -124,3 +124,37 @@ def test_sigkill_mid_incident_keeps_it_across_a_restart(tmp_path: Path, sim_fact
     finally:
         sim.inject("recover")
         assert daemon.stop() == 0
+
+
+def test_status_of_a_running_daemon_shows_every_field(tmp_path: Path, sim_factory) -> None:
+    sim = sim_factory("ollama", gpu_dir=tmp_path / "gpu")
+    config = write_config(tmp_path / "w.toml", tmp_path, [ollama_target(sim)], gpu_dir=tmp_path / "gpu")
+    daemon = start(config, tmp_path)
+    try:
+        wait_for(lambda: (s := status_json(config)) and s["daemon"]["ready"], 30, "the daemon to be ready")
+        httpx.post(f"{sim.url}/api/generate", json={"model": sim.model, "prompt": "hi", "stream": False},
+                   timeout=30).raise_for_status()
+        snapshot = wait_for(lambda: (s := status_json(config)) and s["targets"][0]["last_canary"]
+                            and s["targets"][0]["last_canary"]["ok"] and s, 30, "a canary in the status")
+        target = snapshot["targets"][0]
+        assert target["state"] == "ok" and target["kind"] == "ollama"
+        assert target["models"][0]["name"] == sim.model and target["models"][0]["vram_mib"] > 0
+        canary = target["last_canary"]
+        assert canary["ttft_s"] > 0 and canary["tokens_per_s"] > 0 and canary["age_s"] >= 0
+        assert target["gpus"][0]["index"] == 0 and target["gpus"][0]["util"] is not None
+        assert target["gpus"][0]["target_mem_mib"] > 0
+        assert target["incident"] is None
+        gpu = snapshot["gpus"][0]
+        assert gpu["mem_used_mib"] > 0 and gpu["mem_total_mib"] > 0 and gpu["temp_c"] is not None
+        assert gpu["xids"] == [] and gpu["targets"] == ["ollama"]
+        assert snapshot["daemon"]["config_path"] == str(config)
+        table = ctl(config, "status")
+        assert table.returncode == 0, table.stdout + table.stderr
+        for text in ("ollama", sim.model, "TTFT", "GPU"):
+            assert text in table.stdout, text
+        sim.inject("xid", xid=13)
+        flagged = wait_for(lambda: (s := status_json(config)) and s["gpus"][0]["xids"] and s, 20, "the XID")
+        assert flagged["gpus"][0]["xids"][0]["xid"] == 13
+        assert ctl(config, "status").returncode == 2  # a GPU fault is critical
+    finally:
+        assert daemon.stop() == 0
