@@ -185,7 +185,7 @@ def make_handler(toy: Toy) -> type[BaseHTTPRequestHandler]:
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
                 text = []
-                for i in range(max_tokens):
+                for _i in range(max_tokens):
                     toy.token()
                     text.append("tok ")
                     if stream:

@@ -231,6 +231,11 @@ class Daemon:
             backoff = min(backoff * 2, 60.0)
 
     async def _housekeeping(self) -> None:
+        suite = self.suite
+        if suite is not None:  # a target with gpus = "auto" may have moved onto a GPU since
+            seen = {t.name: list(t.gpus) for t in self.header.targets}
+            if suite.target_gpus() != {name: seen.get(name, []) for name in suite.target_gpus()}:
+                self._update_header()
         await self.incidents.tick()
         self.notify.progress()
         line = summary_line(await self.status())

@@ -121,7 +121,9 @@ class Pipeline:
         """
         await self.drain()
         for record in history:
-            engine.feed(record)
+            target = getattr(record, "target", None)
+            if target is None or target in engine.targets:  # forget targets the new config dropped
+                engine.feed(record)
         old = {(f.target, f.finding): f for f in self.engine.active()}
         new = {(f.target, f.finding): f for f in engine.active()}
         now = max(engine.now, self.engine.now)

@@ -27,7 +27,6 @@ from watchdog.trace.records import (
     Record,
     ServerPoll,
     TraceTarget,
-    Xid,
 )
 
 NOISE_LINES = [
