@@ -192,3 +192,19 @@ def test_degraded_needs_several_slow_canaries_against_its_own_baseline() -> None
     changes = feed(e, records)
     assert [(c.finding, c.state, c.t) for c in changes] == [("degraded", "raised", 101.0)]
     assert "usually 40.0" in changes[0].summary
+
+
+def test_a_server_that_answers_every_canary_with_500_cannot_generate() -> None:
+    def run(errors: int, loading: bool = False) -> list:
+        e = engine("vllm")
+        records = [poll(t, 100, 0) for t in range(0, 80, 5)]
+        records += [gpu(t + 0.5, 0, min(2000 + 100 * t, 9500) if loading else 9500) for t in range(0, 80)]
+        records += [Canary(t=10.0 * i + 10.1, target="srv", model="m", started=10.0 * i + 10, ok=False,
+                           error="http_5xx", tokens=0) for i in range(errors)]
+        records.append(Canary(t=10.0 * errors + 10.2, target="srv", model="m", started=10.0 * errors + 10, ok=True,
+                              ttft_s=0.2, tokens=4, tokens_per_s=30.0))
+        return [(c.finding, c.state) for c in feed(e, records)]
+
+    assert run(2) == [], "two 500s in a row can be a passing overload"
+    assert run(3) == [("hang", "raised"), ("hang", "cleared")]
+    assert run(3, loading=True) == [], "a model still loading (memory rising to its size) answers 503s"

@@ -184,6 +184,24 @@ def orphan_runner(seed: int) -> Scenario:
     return _finish(name, w, duration, _expect(duration, c, expect))
 
 
+def completions_500(seed: int) -> Scenario:
+    """Every completion fails with HTTP 500 while /v1/models and /health look fine (vLLM#1492)."""
+    name = "completions_500"
+    rng, w, c = _world(name, seed, ("vllm", "llamacpp", "openai"))
+    duration = rng.uniform(500, 900)
+    onset = rng.uniform(150, duration - 250)
+
+    def go(world: World) -> None:
+        world.s.failing = True
+        world.s.requests.clear()
+        world.canary = None
+
+    w.at(onset, go)
+    window = 4 * c.canary_dt + 30
+    expect = [{"finding": "hang", "target": w.target, "onset": round(onset, 2), "raise_by": round(onset + window, 2)}]
+    return _finish(name, w, duration, _expect(duration, c, expect))
+
+
 def leak(seed: int) -> Scenario:
     """GPU memory grows steadily with the same model loaded."""
     name = "leak"
@@ -375,6 +393,7 @@ SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     "frozen": frozen,
     "failed_unload": failed_unload,
     "orphan_runner": orphan_runner,
+    "completions_500": completions_500,
     "leak": leak,
     "fragmentation": fragmentation,
     "oom": oom,

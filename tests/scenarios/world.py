@@ -112,6 +112,7 @@ class Server:
     stuck_mem: float = 0.0  # memory a failed unload leaves behind
     orphan: tuple[int, float] | None = None
     fail_next_unload: bool = False
+    failing: bool = False  # every generation answered with HTTP 500 (vLLM#1492)
     tokens_total: float = 0.0
     requests: list[Request] = field(default_factory=list)
 
@@ -212,7 +213,7 @@ class World:
             s.extra_held += s.leak_rate * self.dt
         if s.loaded and s.expires_at is not None and t >= s.expires_at and not s.requests:
             self._unload_now()
-        if s.ready(t) and not s.stopped and self.rng.random() < self.traffic * self.dt:
+        if s.ready(t) and not s.stopped and not s.failing and self.rng.random() < self.traffic * self.dt:
             s.requests.append(Request(self.rng.uniform(*self.prompt_tokens), self.rng.uniform(*self.output_tokens),
                                       started=t))
         self._advance_requests()
@@ -282,6 +283,11 @@ class World:
             return
         if s.crashed or (s.refusing_until is not None and t < s.refusing_until):
             self.emit(Canary(t=t, target=self.target, model=s.model, started=t, ok=False, error="refused",
+                             tokens=0))
+            self.next_canary = t + c.canary_dt
+            return
+        if s.failing and s.ready(t):
+            self.emit(Canary(t=t + 0.05, target=self.target, model=s.model, started=t, ok=False, error="http_5xx",
                              tokens=0))
             self.next_canary = t + c.canary_dt
             return

@@ -26,6 +26,11 @@ from watchdog.detect.view import secs
 from watchdog.trace.records import Canary, Event, GpuSample, LogLine, ProcessSample, Record, ServerPoll
 
 HANG_ERRORS = frozenset({"timeout", "stalled"})
+#: Errors that show the server cannot generate although it says it is ready (vLLM#1492:
+#: every completion answered with HTTP 500 while /v1/models looks fine).
+GENERATION_ERRORS = frozenset({"http_5xx", "bad_response"})
+#: Such errors need one more in a row than silent failures: a 500 can be a passing overload.
+EXTRA_ERRORS_NEEDED = 1
 _NCCL_TIMEOUT = re.compile(r"(collective operation timeout|NCCL.*(timed? ?out|timeout)|Watchdog caught collective)", re.I)
 
 
@@ -35,6 +40,7 @@ class HangDetector(TargetDetector):
     def __init__(self, view) -> None:  # type: ignore[no-untyped-def]
         super().__init__(view)
         self.failures: list[Canary] = []
+        self.errors: list[Canary] = []
         self.stopped_since: float | None = None
         self.stopped_samples = 0
 
@@ -69,13 +75,19 @@ class HangDetector(TargetDetector):
                           rule="nccl_log", line=record.line[:500])
         if self.active or not isinstance(record, (ServerPoll, GpuSample, Canary, ProcessSample)):
             return None
-        return self._frozen(t) or self._counter_stall(t) or self._canary_stall(t)
+        return self._frozen(t) or self._counter_stall(t) or self._canary_stall(t) or self._failing(t)
 
     def _reset(self) -> None:
         self.failures.clear()
+        self.errors.clear()
         self.stopped_since, self.stopped_samples = None, 0
 
     def _take_canary(self, canary: Canary) -> Verdict | None:
+        loading = self.view.loading(canary.start - 5.0, canary.t)
+        if canary.error in GENERATION_ERRORS and self.view.state == "ready" and self.view.models and not loading:
+            self.errors.append(canary)
+        else:
+            self.errors.clear()
         if canary.ok:
             self.failures.clear()
             if self.active:
@@ -83,8 +95,7 @@ class HangDetector(TargetDetector):
                 return clear(f"a canary got through ({ttft})")
             return None
         if canary.error in HANG_ERRORS:
-            window_start = _waited_from(canary)
-            if self.view.state == "loading" or self.view.memory_rose(window_start, canary.t):
+            if self.view.loading(_waited_from(canary), canary.t):
                 self.failures.clear()  # blocked on a model load: healthy
             else:
                 self.failures.append(canary)
@@ -161,6 +172,24 @@ class HangDetector(TargetDetector):
             return raise_(f"canaries got no token for {secs(t - first)} ({errors}) while the GPU stays busy; "
                           f"{view.gpu_brief()}{alive}", rule="canaries_busy", **evidence)
         return None
+
+    def _failing(self, t: float) -> Verdict | None:
+        """Canaries answered with errors, again and again, by a server that says it is ready."""
+        errors = self.errors
+        if len(errors) < self.settings.canary_failures + EXTRA_ERRORS_NEEDED:
+            return None
+        view = self.view
+        if view.state != "ready" or not view.models:
+            return None
+        if view.progress_t is not None and view.progress_t >= errors[0].start:
+            return None  # real traffic still gets tokens: the canary's request is the problem
+        kinds = ", ".join(sorted({c.error or "error" for c in errors}))
+        models = ", ".join(view.models)
+        return raise_(
+            f"{len(errors)} canaries in a row failed ({kinds}) over {secs(t - errors[0].start)} while the server "
+            f"reports ready with {models} loaded: it cannot generate; {view.gpu_brief()}",
+            rule="canary_errors", canaries=len(errors),
+        )
 
     def _cpu(self) -> str:
         last = self.view.cpu.last()

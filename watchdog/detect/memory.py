@@ -68,7 +68,7 @@ class MemoryGrowthDetector(TargetDetector):
         if record.index not in view.gpus or view.state not in ("ready", None):
             return None
         held = view.held_mib()
-        if held <= 0 or self._loading(held):
+        if held <= 0 or self._loading():
             return None
         if self.active:
             return self._maybe_clear(held)
@@ -76,11 +76,9 @@ class MemoryGrowthDetector(TargetDetector):
             self.stretch = _Stretch(self.key, record.t)
         return self._grow(self.stretch, record.t, held) or self._across_cycles(held)
 
-    def _loading(self, held: float) -> bool:
+    def _loading(self) -> bool:
         """Memory still short of what the loaded models need: a load in progress."""
-        sizes = [self.view.model_vram.get(name) for name in self.key or ()]
-        known = [size for size in sizes if size is not None]
-        return bool(known) and len(known) == len(sizes) and held < 0.9 * sum(known)
+        return self.view.short_of_models()
 
     def _threshold(self, floor: float) -> float:
         return max(float(self.settings.growth_min_mib), self.settings.growth_fraction * floor)

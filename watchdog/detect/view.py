@@ -248,13 +248,31 @@ class TargetView:
         return False if known else None
 
     def memory_rose(self, t0: float, t1: float, by: float = 256.0) -> bool:
-        """Did the target's memory rise by ``by`` MiB within [t0, t1] (a model loading)?"""
-        before = self.mem.at_or_before(t0)
+        """Did the target's memory rise by ``by`` MiB at some point within [t0, t1] (a model loading)?"""
         values = list(self.mem.between(t0, t1))
-        if not values:
-            return False
-        base = before if before is not None else values[-1]
-        return max(values) - base >= by
+        before = self.mem.at_or_before(t0)
+        if before is not None:
+            values.append(before)
+        lowest = float("inf")
+        for value in reversed(values):  # oldest first
+            if value - lowest >= by:
+                return True
+            lowest = min(lowest, value)
+        return False
+
+    def short_of_models(self) -> bool:
+        """The processes hold less than the listed models need: a load is still in progress."""
+        sizes = [self.model_vram.get(name) for name in self.models]
+        known = [size for size in sizes if size is not None]
+        return bool(known) and len(known) == len(sizes) and self.held_mib() < 0.9 * sum(known)
+
+    def loading(self, t0: float, t1: float) -> bool:
+        """Is a model loading around [t0, t1]? The server says so, its memory rose in that
+        window, or it is still short of what the listed models need and rose in the last
+        minute (a load that stopped moving is not loading any more: it may be stuck)."""
+        if self.state == "loading" or self.memory_rose(t0, t1):
+            return True
+        return self.short_of_models() and self.memory_rose(t1 - 60.0, t1)
 
     def restarting(self, t: float, grace: float) -> bool:
         """A restart is in progress, or finished less than ``grace`` seconds ago."""
