@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.scenarios.world import FRAGMENTATION_LINE, NCCL_LINE, OOM_LINE, Cadence, Server, World
+from watchdog.config.model import DetectSettings
 from watchdog.trace.records import Header, Record, Xid
 
 BUSY_STALL = 300.0
@@ -209,7 +210,8 @@ def leak(seed: int) -> Scenario:
     rate = rng.choice([2.0, 5.0, 20.0])  # MiB/s
     onset = rng.uniform(100, 300)
     held = w.s.vram + w.s.overhead
-    threshold = max(1024.0, 0.1 * held)
+    defaults = DetectSettings()
+    threshold = max(float(defaults.growth_min_mib), defaults.growth_fraction * held)
     reach = threshold / rate
     duration = onset + max(reach, 60.0) + 400
     w.at(onset, lambda world: setattr(world.s, "leak_rate", rate))
@@ -351,6 +353,19 @@ def model_load(seed: int) -> Scenario:
     return _finish(name, w, duration, _expect(duration, c, note=f"clean unload, then a {seconds:.0f} s load"))
 
 
+def cache_warmup(seed: int) -> Scenario:
+    """An allocator cache growing to its working size in a few steps, then flat: not a leak."""
+    name = "cache_warmup"
+    rng, w, c = _world(name, seed, ("vllm", "llamacpp", "openai"), traffic=0.2)
+    duration = rng.uniform(900, 1500)
+    start = rng.uniform(60, 200)
+    steps = rng.choice([2, 3])
+    size = rng.uniform(150, 400)
+    for i in range(steps):
+        w.at(start + i * rng.uniform(10, 40), lambda world: setattr(world.s, "extra_held", world.s.extra_held + size))
+    return _finish(name, w, duration, _expect(duration, c, note=f"{steps} cache steps of {size:.0f} MiB"))
+
+
 def startup(seed: int) -> Scenario:
     """The trace starts while the server starts: refused, then loading, then ready."""
     name = "startup"
@@ -406,6 +421,7 @@ SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     "long_prefill": long_prefill,
     "cpu_offload": cpu_offload,
     "model_load": model_load,
+    "cache_warmup": cache_warmup,
     "startup": startup,
     "planned_restart": planned_restart,
     "canary_noise": canary_noise,

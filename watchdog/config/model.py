@@ -153,8 +153,8 @@ class DetectSettings(Section):
     startup_grace: Duration = 600.0
     unload_grace: Duration = 10.0
     unload_release_fraction: float = Field(default=0.5, gt=0, le=1)
-    growth_min_mib: int = Field(default=1024, ge=1)
-    growth_fraction: float = Field(default=0.10, ge=0)
+    growth_min_mib: int = Field(default=512, ge=1)
+    growth_fraction: float = Field(default=0.05, ge=0)
     growth_window: Duration = 120.0
     degraded_factor: float = Field(default=4.0, gt=1)
     degraded_canaries: int = Field(default=3, ge=1)

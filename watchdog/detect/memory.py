@@ -23,6 +23,7 @@ from watchdog.detect.view import gib, secs
 from watchdog.trace.records import Event, GpuSample, ProcessSample, Record, ServerPoll
 
 _STEP_MIB = 32.0
+_MIN_STEPS = 4  # growth in at least this many separate steps "keeps growing"
 _CYCLES = 3
 
 
@@ -93,7 +94,7 @@ class MemoryGrowthDetector(TargetDetector):
             stretch.steps.append((t, held - max(stretch.peak, stretch.floor)))
             stretch.peak = held
         rise = held - stretch.floor
-        if rise < self._threshold(stretch.floor) or len(stretch.steps) < 3:
+        if rise < self._threshold(stretch.floor) or len(stretch.steps) < _MIN_STEPS:
             return None
         span = stretch.steps[-1][0] - stretch.steps[0][0]
         biggest = max(size for _, size in stretch.steps)
