@@ -142,3 +142,33 @@ def test_a_zero_recorder_window_is_a_config_error_not_a_crash(tmp_path: Path) ->
                       'recorder_window = "0s"\n[policy]\nmode = "observe"\n')
     result = ctl(config, "config", "check", str(config))
     assert result.returncode == 2 and "recorder_window" in result.stderr, result.stdout + result.stderr
+
+
+async def test_canaries_to_an_openai_compatible_server_never_load_models(sim_factory: Any) -> None:  # noqa: F811
+    """kind = "openai" in front of a server that loads on demand (Ollama's /v1, llama-swap, LM Studio,
+    LocalAI): /v1/models lists every installed model, and the canary round-robins over them, so each
+    canary loads a model nobody asked for (and evicts or crowds out the one in use)."""
+    from watchdog.config.model import TargetSettings
+    from watchdog.probes.adapters import make_adapter
+    from watchdog.probes.canary import CanaryProbe
+
+    sim = sim_factory("ollama", "--model", "a:1b=800", "--model", "b:1b=800", "--load-time", "0.2",
+                      "--decode-tps", "200")
+    records: list[Any] = []
+    start = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - start
+
+    target = TargetSettings(name="srv", kind="openai", url=sim.url, restart={"method": "none"})
+    adapter = make_adapter(target, clock)
+    canary = CanaryProbe(adapter, target.canary, clock, records.append)
+    try:
+        assert httpx.get(f"{sim.url}/api/ps", timeout=5).json()["models"] == []  # nothing loaded
+        for _ in range(2):
+            canary.note_poll(await adapter.poll())
+            await canary.round(force=True)
+        loaded = [m["name"] for m in httpx.get(f"{sim.url}/api/ps", timeout=5).json()["models"]]
+        assert loaded == [], f"the watchdog's canaries loaded {loaded}"
+    finally:
+        await adapter.aclose()
