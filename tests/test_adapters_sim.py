@@ -233,7 +233,7 @@ async def test_a_canary_never_queues_behind_another(sim_factory: Any) -> None:  
                 await asyncio.sleep(0.01)
         began = time.monotonic()
         assert await probes.canary.round(force=True) is None
-        assert time.monotonic() - began < 0.1 and "in flight" in probes.canary.last_skip
+        assert time.monotonic() - began < 1.0 and "in flight" in probes.canary.last_skip  # not the 2 s
         assert (await first).error == "timeout"
         assert len(probes.records) == 1
     finally:

@@ -104,7 +104,7 @@ async def test_a_slow_but_steady_stream_hits_the_total_deadline(serve: Any) -> N
     began = time.monotonic()
     canary, _ = await run_canary(url, max_tokens=100, timeout="2s")
     assert canary is not None and (canary.error, canary.extra["phase"]) == ("timeout", "total")
-    assert canary.tokens >= 5 and canary.ttft_s is not None and 1.9 < time.monotonic() - began < 3.0
+    assert canary.tokens >= 5 and canary.ttft_s is not None and 1.9 < time.monotonic() - began < 6.0
 
 
 async def test_headers_at_once_then_nothing_is_a_first_token_timeout(serve: Any) -> None:
@@ -171,7 +171,7 @@ async def test_a_trickling_status_body_is_cut_at_the_request_deadline(serve: Any
         poll: ServerPoll = await adapter.poll()
     finally:
         await adapter.aclose()
-    assert (poll.state, poll.error) == ("error", "timeout") and time.monotonic() - began < 1.6
+    assert (poll.state, poll.error) == ("error", "timeout") and time.monotonic() - began < 5.0  # not 30 s
 
 
 async def test_nothing_listening_is_refused() -> None:

@@ -146,13 +146,13 @@ def test_an_allowed_wedge_blocks_the_daemon_loop():
                 client.wedge(bad)
             assert invalid.value.status == 400
         before = len(daemon.ticks)
-        assert client.wedge(0.6) == {"wedging_s": 0.6}
+        assert client.wedge(2.0) == {"wedging_s": 2.0}
         # While the loop is blocked nothing answers: a short-deadline client says so.
         with pytest.raises(DaemonUnreachable, match="may be wedged"):
-            ControlClient(daemon.socket_path, timeout=0.2).status()
+            ControlClient(daemon.socket_path, timeout=0.5).status()
         wait_for(lambda: len(daemon.ticks) > before + 5, timeout=10, what="the loop to tick again")
         gaps = [b - a for a, b in zip(daemon.ticks[before - 1 :], daemon.ticks[before:])]
-        assert max(gaps) >= 0.55  # the loop's own ticker stood still for the wedge
+        assert max(gaps) >= 1.9  # the loop's own ticker stood still for the wedge
         assert client.status().state in ("ok", "unknown")
 
 

@@ -47,14 +47,14 @@ def test_systemd_hears_ready_status_watchdog_and_stopping(tmp_path: Path, notify
         wait_for(lambda: len(notify.times("WATCHDOG=1")) >= 3, 15, "three WATCHDOG=1 pings")
         # A wedged main loop stops the pings: systemd would restart the daemon.
         before = time.monotonic()
-        result = ctl(config, "debug", "wedge", "--seconds", "4")
+        result = ctl(config, "debug", "wedge", "--seconds", "6")
         assert result.returncode == 0, result.stderr
-        notify.wait("WATCHDOG=1", 15, after=before + 4.0)  # they come back once the loop runs again
+        notify.wait("WATCHDOG=1", 20, after=before + 6.0)  # they come back once the loop runs again
         pings = notify.times("WATCHDOG=1")
         gaps = [round(b - a, 2) for a, b in zip(pings, pings[1:])]
         usual = [g for a, b, g in zip(pings, pings[1:], gaps) if b < before]
-        assert usual and max(usual) < 1.5, f"pings every 0.5 s before the wedge: gaps {gaps}"
-        assert max(gaps) >= 3.5, f"pings kept coming while the main loop was wedged: gaps {gaps}"
+        assert usual and max(usual) < 3.0, f"pings every 0.5 s before the wedge: gaps {gaps}"
+        assert max(gaps) >= 5.5, f"pings kept coming while the main loop was wedged: gaps {gaps}"
         assert ready
     finally:
         code = daemon.stop()

@@ -501,3 +501,29 @@ async def test_overlapping_rounds_wait_for_each_other_rather_than_reading_as_hun
     first, second = await asyncio.gather(probe.round(), probe.round())
     assert [s.error for s in first + second] == [None, None] and len(out) == 2
     probe.close()
+
+
+async def test_an_xid_from_a_gpu_nvml_cannot_name_is_reported_on_every_gpu() -> None:
+    class Unnamed(FakeNvml):
+        def nvmlDeviceGetIndex(self, handle: Handle) -> int:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_UNKNOWN)
+
+    fake = Unnamed([FakeDevice(), FakeDevice()])
+    probe, out, clock = make_probe(fake)
+    await probe.round()
+    probe.start_xid_watch(wait_ms=50)
+    try:
+        with fake.events_lock:
+            fake.events.append((1, 48))
+
+        async def xids() -> list[Xid]:
+            while sum(isinstance(r, Xid) for r in out) < 2:
+                await asyncio.sleep(0.01)
+            return [r for r in out if isinstance(r, Xid)]
+
+        found = await asyncio.wait_for(xids(), 5.0)
+        assert sorted(x.index for x in found) == [0, 1]
+        assert all(x.xid == 48 and x.extra == {"device_unknown": True} for x in found)
+    finally:
+        probe.close()
+    assert fake.inits == fake.shutdowns, "the XID thread takes and gives back its own reference to NVML"

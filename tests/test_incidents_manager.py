@@ -356,3 +356,15 @@ def test_an_open_incident_without_a_raised_finding_is_closed_at_start(tmp_path):
     assert m.open_incidents() == []
     assert m.get(5).state == "closed"
     m.stop()
+
+
+def test_a_long_running_daemon_forgets_old_incidents_too(tmp_path):
+    m = manager(tmp_path, incident_context=1.0, retention=90 * 86400)
+    m.start(0.0)
+    old = m.handle([raised(1.0, "ollama", "hang")], records_between(0, 1))[0].incident
+    m.handle([cleared(2.0, "ollama", "hang")])
+    m.tick(3.0)
+    assert m.get(old.id) is not None
+    m.tick(91 * 86400.0)  # the same daemon, three months later
+    assert m.get(old.id) is None
+    m.stop()

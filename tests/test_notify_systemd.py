@@ -115,29 +115,40 @@ async def test_a_wedged_or_idle_loop_stops_the_pings(systemd, monkeypatch):
     try:
         await _until(lambda: systemd.texts().count("WATCHDOG=1") >= 3, "pings while the loop works")
 
-        # A wedged loop (blocked synchronously): no ping can leave it.
-        wedge_start = time.monotonic()
+        # A wedged loop (blocked synchronously): no ping can leave it. Markers sent from the
+        # loop's own thread bracket the wedge in the datagrams' order (no clocks compared).
+        notify.status("wedge-start")
         time.sleep(0.5)
-        wedge_end = time.monotonic()
-        await _until(lambda: any(t > wedge_end for t, m in systemd.messages if m == "WATCHDOG=1"), "pings again")
-        during = [t for t, m in systemd.messages if m == "WATCHDOG=1" and wedge_start + 0.05 < t < wedge_end]
-        assert during == []
+        notify.status("wedge-end")
+        await _until(lambda: "WATCHDOG=1" in _after(systemd.texts(), "STATUS=wedge-end"), "pings again")
+        assert "WATCHDOG=1" not in _between(systemd.texts(), "STATUS=wedge-start", "STATUS=wedge-end")
 
-        # A loop that turns but whose jobs make no progress: no pings either.
+        # A loop that turns but whose jobs make no progress: no pings either (at most the one
+        # owed for the progress made just before).
         working = False
-        await asyncio.sleep(0.1)  # let a ping for the last progress go out
-        quiet_from = len(systemd.messages)
-        idle_until = time.monotonic() + 0.4
+        notify.status("idle-start")
+        idle_until = time.monotonic() + 0.5  # ten ping periods of a turning loop
         while time.monotonic() < idle_until:
             await asyncio.sleep(0.02)
-        assert systemd.texts()[quiet_from:] == []
+        notify.status("idle-end")
+        await _until(lambda: "STATUS=idle-end" in systemd.texts(), "the idle-end marker")
+        assert _between(systemd.texts(), "STATUS=idle-start", "STATUS=idle-end").count("WATCHDOG=1") <= 1
         working = True
-        await _until(lambda: len(systemd.messages) > quiet_from, "a ping once progress resumes")
+        await _until(lambda: "WATCHDOG=1" in _after(systemd.texts(), "STATUS=idle-end"),
+                     "a ping once progress resumes")
     finally:
         pinger.cancel()
         worker.cancel()
         await asyncio.gather(pinger, worker, return_exceptions=True)
         notify.close()
+
+
+def _after(texts: list[str], marker: str) -> list[str]:
+    return texts[texts.index(marker) + 1:] if marker in texts else []
+
+
+def _between(texts: list[str], start: str, end: str) -> list[str]:
+    return texts[texts.index(start) + 1:texts.index(end)]
 
 
 async def _until(condition, what: str, timeout: float = 5.0) -> None:

@@ -8,6 +8,7 @@ health (status, check) document their own codes.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -137,7 +138,12 @@ def replay_command(obj: Context, trace: str, replay_config: str | None, explain:
     if expect_file:
         import json
 
-        report = check_expectations(result.findings, json.loads(open(expect_file, encoding="utf-8").read()))
+        try:
+            expectation = json.loads(Path(expect_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            click.echo(f"error: cannot read the expectation file {expect_file}: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        report = check_expectations(result.findings, expectation)
         click.echo(f"expectations: {report}", err=True)
         if not report.ok:
             sys.exit(1)
@@ -252,7 +258,11 @@ def _write_trace(client: Any, incident_id: int, output: str | None) -> None:
         client.trace(incident_id, sys.stdout.buffer)
         sys.stdout.flush()
         return
-    size = client.save_trace(incident_id, output)
+    try:
+        size = client.save_trace(incident_id, output)
+    except OSError as exc:
+        click.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_USAGE)
     click.echo(f"wrote {output} ({size} bytes); replay it with `watchdogctl replay {output}`", err=True)
 
 
@@ -403,7 +413,7 @@ def run_command(obj: Context) -> None:
     config = obj.load()
     obj.setup_logging(config)
     try:
-        code = asyncio.run(run_daemon(obj.config_path, config))
+        code = asyncio.run(run_daemon(obj.config_path, config, obj.log_format, obj.log_level))
     except Exception as exc:  # noqa: BLE001 - one clear line for the journal, then exit for systemd
         logger.opt(exception=exc).critical(f"the daemon failed: {exc!r}")
         code = 1

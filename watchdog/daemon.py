@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -30,6 +32,7 @@ from watchdog.config import Config, ConfigError, load_config
 from watchdog.control.server import ControlServer
 from watchdog.control.socket import ControlSocketError
 from watchdog.incidents import Incident, Incidents
+from watchdog.logs import set_redactor, setup_logging
 from watchdog.notify_systemd import SystemdNotify
 from watchdog.pipeline import Pipeline, make_engine
 from watchdog.probes.base import MonotonicClock
@@ -47,12 +50,15 @@ _HOUSEKEEPING_S = 5.0
 class Daemon:
     """The long-running watchdog. ``await Daemon(path, config).run()`` until stopped."""
 
-    def __init__(self, config_path: str, config: Config) -> None:
+    def __init__(self, config_path: str, config: Config, log_format: str | None = None,
+                 log_level: str | None = None) -> None:
         self.config_path = config_path
+        self.log_format, self.log_level = log_format, log_level  # from the command line: they win
         self.config = config
         self.clock = MonotonicClock()
         self.notify = SystemdNotify()
         self.redactor = Redactor.from_config(config)
+        set_redactor(self.redactor)
         self.recorder = FlightRecorder(config.watchdog.recorder_window)
         self.latest = LatestRecords()
         self.incidents = Incidents(
@@ -88,19 +94,54 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         _log.info(f"starting: {len(self._enabled_targets())} target(s), config {self.config_path}, "
                   f"state in {self.config.watchdog.state_dir}")
+        other = self._lock_state_dir()
+        if other is not None:
+            _log.error(f"another watchdog daemon (pid {other}) already uses the state dir "
+                       f"{self.config.watchdog.state_dir} and its control socket "
+                       f"{self.config.watchdog.control_socket}: refusing to start")
+            return 1
         await self.incidents.start()  # it logs incidents as they open and close
         self.pipeline.start()
         try:
             try:
                 await self._start_control()
             except ControlSocketError as exc:
-                _log.error(f"control socket: {exc}; `watchdogctl status` will not reach this daemon")
+                _log.error(f"control socket: {exc}; refusing to start")
+                return 1
             self._start_probes()
             self._spawn(self.notify.run_watchdog(), "systemd-watchdog")
             await self._stop.wait()
         finally:
             await self._shutdown()
         return 0
+
+    def _lock_state_dir(self) -> str | None:
+        """Take the state dir for this daemon; returns the pid of another daemon holding it.
+
+        Two daemons on one state dir would share incident numbers and recordings (and,
+        once they act, act twice). A dir that cannot be written is left to the incident
+        store, which falls back to memory and says so.
+        """
+        path = Path(self.config.watchdog.state_dir) / "daemon.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+        except OSError as exc:
+            _log.warning(f"cannot lock the state dir ({exc}); not guarding against a second daemon")
+            return None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            other = handle.read().strip() or "?"
+            handle.close()
+            return other
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_handle = handle  # held (and the lock with it) until the process exits
+        return None
 
     def stop(self) -> None:
         if not self._stop.is_set():
@@ -150,8 +191,9 @@ class Daemon:
         if suite.gpu is not None:
             add("gpu", config.watchdog.gpu_interval, suite.gpu.round, max(config.watchdog.gpu_interval * 2, 10))
             suite.gpu.start_xid_watch()
-        if suite.targets:
-            add("processes", config.watchdog.process_interval, suite.processes.round, 15.0)
+        if suite.targets:  # one probe for every target's processes: as often as the keenest wants
+            every = min(config.intervals_for(p.settings)["process"] for p in suite.targets.values())
+            add("processes", every, suite.processes.round, 15.0)
         for name, probes in suite.targets.items():
             intervals = config.intervals_for(probes.settings)
             add(f"poll:{name}", intervals["poll"], probes.server.round, probes.settings.request_timeout + 5)
@@ -171,8 +213,10 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
-        for task in [t for t in self._tasks if t.get_name().startswith(("logs:", "canary:"))]:
+        probing = [t for t in self._tasks if t.get_name().startswith(("logs:", "canary:"))]
+        for task in probing:
             task.cancel()
+        await asyncio.gather(*probing, return_exceptions=True)
         if self.suite is not None:
             suite, self.suite = self.suite, None
             with contextlib.suppress(Exception):
@@ -298,6 +342,10 @@ class Daemon:
             old_socket = (self.config.watchdog.control_socket, self.config.watchdog.control_group)
             self.config = config
             self.redactor = Redactor.from_config(config)
+            set_redactor(self.redactor)
+            await self.incidents.configure(redactor=self.redactor, incident_context=config.watchdog.incident_context)
+            setup_logging(config.watchdog.log_format if self.log_format is None else self.log_format,
+                          config.watchdog.log_level if self.log_level is None else self.log_level)
             self.recorder.window_s = config.watchdog.recorder_window
             await self.pipeline.swap_engine(make_engine(config, self.gpu_totals), self.recorder.records())
             if (config.watchdog.control_socket, config.watchdog.control_group) != old_socket:
@@ -338,8 +386,16 @@ class Daemon:
             ),
             now=self.clock(),
             wall_start=self.clock.wall_start,
+            stale_after=self._stale_after(),
             redactor=self.redactor,
         )
+
+    def _stale_after(self) -> float:
+        """How old a target's last observation may be before status calls it unknown."""
+        slowest = max([self.config.watchdog.gpu_interval]
+                      + [max(self.config.intervals_for(t)["poll"], self.config.intervals_for(t)["process"])
+                         for t in self.config.targets if t.enabled] or [0.0])
+        return max(120.0, 3 * slowest)
 
 
 class _Provider:
@@ -361,11 +417,14 @@ class _Provider:
         return self.daemon.incidents.recording_path(incident)
 
     async def reload(self) -> ReloadStatus:
-        return await self.daemon.reload()
+        # Its own task: a reload that moves the control socket stops the server that is
+        # handling this very request, which must not cancel the reload half-way.
+        return await asyncio.shield(self.daemon._spawn(self.daemon.reload(), "reload"))
 
     def allow_wedge(self) -> bool:
         return self.daemon.config.debug.allow_wedge
 
 
-async def run_daemon(config_path: str, config: Config) -> int:
-    return await Daemon(config_path, config).run()
+async def run_daemon(config_path: str, config: Config, log_format: str | None = None,
+                     log_level: str | None = None) -> int:
+    return await Daemon(config_path, config, log_format, log_level).run()

@@ -33,14 +33,18 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from watchdog.control.client import ControlClient, DaemonUnreachable
-from watchdog.sim.launch import Simulator
+from watchdog.control.client import ControlClient, ControlError, DaemonUnreachable
+from watchdog.sim.launch import Simulator, SimulatorError
 from watchdog.status import StatusSnapshot
 from watchdog.status.render import gpus_table, targets_table
 
 OLLAMA_MODEL = "qwen3:8b"
 VLLM_MODEL = "Qwen/Qwen3-4B-AWQ"
 DEADLINE_S = 105.0
+
+
+class DemoError(Exception):
+    """The demo could not run (as opposed to running and failing)."""
 
 
 @dataclass
@@ -178,7 +182,8 @@ class Demo:
             if snapshot is not None and snapshot.daemon.ready:
                 return
             if self.daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon did not become ready; see {self.workdir / 'daemon.log'}")
+                self.keep = True  # the log is the evidence: keep it
+                raise DemoError(f"the daemon did not become ready; see {self.workdir / 'daemon.log'}")
             time.sleep(0.2)
 
     def _findings(self, snapshot: StatusSnapshot, board: Scoreboard, seen: set[tuple[str, str]],
@@ -329,7 +334,7 @@ class _NoLive:
 def _status(client: ControlClient) -> StatusSnapshot | None:
     try:
         return client.status()
-    except DaemonUnreachable:
+    except (DaemonUnreachable, ControlError):
         return None
 
 
@@ -357,5 +362,10 @@ def _unload(url: str, model: str) -> None:
 
 
 def run_demo(console: Console | None = None, keep: bool = False) -> int:
-    return Demo(console or Console(), keep=keep).run()
+    console = console or Console()
+    try:
+        return Demo(console, keep=keep).run()
+    except (DemoError, SimulatorError) as exc:
+        console.print(f"[bold red]error[/bold red]: {exc}")
+        return 1
 

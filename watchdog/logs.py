@@ -40,11 +40,30 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
+class _Redact:
+    """Masks secrets in every log message (server error bodies and log lines may quote them)."""
+
+    def __init__(self) -> None:
+        self.redactor: Any = None
+
+    def __call__(self, record: Any) -> None:
+        if self.redactor is not None:
+            record["message"] = self.redactor.text(record["message"])
+
+
+_redact = _Redact()
+
+
+def set_redactor(redactor: Any) -> None:
+    """Mask these secrets in everything logged from now on (the daemon sets it, and on reload)."""
+    _redact.redactor = redactor
+
+
 def setup_logging(fmt: LogFormat = "auto", level: str = "INFO", stream: TextIO | None = None) -> None:
     """(Re)configure logging for the whole process."""
     stream = stream or sys.stderr
     logger.remove()
-    logger.configure(extra={"component": "watchdog"})
+    logger.configure(extra={"component": "watchdog"}, patcher=_redact)
     if resolve_format(fmt, stream) == "json":
         logger.add(_JsonSink(stream), level=level, format="{message}", backtrace=False, diagnose=False)
     else:

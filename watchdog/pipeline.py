@@ -120,10 +120,12 @@ class Pipeline:
         what it no longer sees is cleared, what only it sees is raised.
         """
         await self.drain()
-        for record in history:
+        for count, record in enumerate(history, start=1):
             target = getattr(record, "target", None)
             if target is None or target in engine.targets:  # forget targets the new config dropped
                 engine.feed(record)
+            if count % 2000 == 0:
+                await asyncio.sleep(0)  # let the loop breathe: minutes of history take a while
         old = {(f.target, f.finding): f for f in self.engine.active()}
         new = {(f.target, f.finding): f for f in engine.active()}
         now = max(engine.now, self.engine.now)

@@ -58,8 +58,20 @@ def _secret(value: object) -> SecretRef:
         raise PydanticCustomError("secret_ref", "{detail}", {"detail": str(exc)}) from None
 
 
+def _positive_duration(value: object) -> float:
+    seconds = _duration(value)
+    if seconds <= 0:
+        raise PydanticCustomError("positive_duration", 'expected a duration above zero like "30s", got {got}',
+                                  {"got": repr(value)})
+    return seconds
+
+
 Duration = Annotated[
     float, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str, when_used="json")
+]
+#: Intervals, timeouts and windows: zero would mean "busy-loop", "always fail" or "keep nothing".
+Positive = Annotated[
+    float, BeforeValidator(_positive_duration), PlainSerializer(format_duration, return_type=str, when_used="json")
 ]
 Secret = Annotated[SecretRef, BeforeValidator(_secret), PlainSerializer(str, return_type=str, when_used="json")]
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -95,10 +107,10 @@ class WatchdogSettings(Section):
     control_group: str = ""
     gpu_backend: Literal["auto", "nvml", "sim", "none"] = "auto"
     sim_gpu_dir: str = ""
-    gpu_interval: Duration = 2.0
-    poll_interval: Duration = 5.0
-    process_interval: Duration = 5.0
-    recorder_window: Duration = 900.0
+    gpu_interval: Positive = 2.0
+    poll_interval: Positive = 5.0
+    process_interval: Positive = 5.0
+    recorder_window: Positive = 900.0
     incident_context: Duration = 300.0
 
     @model_validator(mode="after")
@@ -117,12 +129,12 @@ class CanarySettings(Section):
     models: list[str] = Field(default_factory=list)
     prompt: str = "Reply with the single word OK."
     max_tokens: int = Field(default=4, ge=1, le=512)
-    interval: Duration = 15.0
-    confirm_interval: Duration = 2.0
-    connect_timeout: Duration = 3.0
-    first_token_timeout: Duration = 8.0
-    stall_timeout: Duration = 8.0
-    timeout: Duration = 60.0
+    interval: Positive = 15.0
+    confirm_interval: Positive = 2.0
+    connect_timeout: Positive = 3.0
+    first_token_timeout: Positive = 8.0
+    stall_timeout: Positive = 8.0
+    timeout: Positive = 60.0
 
     @model_validator(mode="after")
     def _deadlines_fit(self) -> "CanarySettings":
@@ -138,24 +150,24 @@ class RestartSettings(Section):
 
     method: Literal["auto", "docker", "systemd", "command", "none"] = "auto"
     command: list[str] = Field(default_factory=list)
-    timeout: Duration = 120.0
+    timeout: Positive = 120.0
 
 
 class DetectSettings(Section):
     """Detector thresholds. Defaults work for Ollama, vLLM and llama.cpp untuned."""
 
-    stall_after: Duration = 15.0
-    busy_stall_after: Duration = 300.0
+    stall_after: Positive = 15.0
+    busy_stall_after: Positive = 300.0
     canary_failures: int = Field(default=2, ge=1, le=10)
     idle_util_percent: Percent = 10.0
     busy_cpu_percent: float = Field(default=50.0, ge=0)
-    down_after: Duration = 15.0
+    down_after: Positive = 15.0
     startup_grace: Duration = 600.0
     unload_grace: Duration = 10.0
     unload_release_fraction: float = Field(default=0.5, gt=0, le=1)
     growth_min_mib: int = Field(default=512, ge=1)
     growth_fraction: float = Field(default=0.05, ge=0)
-    growth_window: Duration = 120.0
+    growth_window: Positive = 120.0
     degraded_factor: float = Field(default=4.0, gt=1)
     degraded_canaries: int = Field(default=3, ge=1)
     oom_clear_after: Duration = 600.0
@@ -165,18 +177,18 @@ class DetectSettings(Section):
 class DetectOverrides(Section):
     """Per-target overrides of [detect]; a key left out takes the global value."""
 
-    stall_after: Duration | None = None
-    busy_stall_after: Duration | None = None
+    stall_after: Positive | None = None
+    busy_stall_after: Positive | None = None
     canary_failures: int | None = Field(default=None, ge=1, le=10)
     idle_util_percent: Percent | None = None
     busy_cpu_percent: float | None = Field(default=None, ge=0)
-    down_after: Duration | None = None
+    down_after: Positive | None = None
     startup_grace: Duration | None = None
     unload_grace: Duration | None = None
     unload_release_fraction: float | None = Field(default=None, gt=0, le=1)
     growth_min_mib: int | None = Field(default=None, ge=1)
     growth_fraction: float | None = Field(default=None, ge=0)
-    growth_window: Duration | None = None
+    growth_window: Positive | None = None
     degraded_factor: float | None = Field(default=None, gt=1)
     degraded_canaries: int | None = Field(default=None, ge=1)
     oom_clear_after: Duration | None = None
@@ -200,9 +212,9 @@ class TargetSettings(Section):
     unit: str = ""
     log_file: str = ""
     process_match: str = ""
-    poll_interval: Duration | None = None
-    process_interval: Duration | None = None
-    request_timeout: Duration = 5.0
+    poll_interval: Positive | None = None
+    process_interval: Positive | None = None
+    request_timeout: Positive = 5.0
     canary: CanarySettings = Field(default_factory=CanarySettings)
     restart: RestartSettings = Field(default_factory=RestartSettings)
     detect: DetectOverrides = Field(default_factory=DetectOverrides)
@@ -222,6 +234,11 @@ class TargetSettings(Section):
     @classmethod
     def _http_url(cls, value: str) -> str:
         parts = urlsplit(value.strip())
+        if parts.username is not None or parts.password is not None:
+            # Never echo the URL: it holds a credential.
+            raise PydanticCustomError(
+                "http_url", "credentials do not belong in the URL: give the key as api_key = \"env:NAME\""
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PydanticCustomError(
                 "http_url",
@@ -283,7 +300,7 @@ class PolicySettings(Section):
 
     mode: Literal["act", "observe"] = "act"
     max_restarts: int = Field(default=3, ge=0)
-    restart_window: Duration = 3600.0
+    restart_window: Positive = 3600.0
     cooldown: Duration = 120.0
 
 
@@ -326,7 +343,7 @@ class CloudWatchSettings(Section):
     enabled: bool = False
     namespace: str = "InferenceWatchdog"
     region: str = ""
-    interval: Duration = 60.0
+    interval: Positive = 60.0
     endpoint_url: str = ""
 
 

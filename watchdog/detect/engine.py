@@ -71,7 +71,8 @@ class DetectionEngine:
         gpu_totals: dict[int, float] | None = None,
     ) -> None:
         self.defaults = defaults or DetectSettings()
-        self.gpu_totals = dict(gpu_totals or {})
+        # Shared, not copied: the daemon fills it in as it discovers the GPUs.
+        self.gpu_totals = gpu_totals if gpu_totals is not None else {}
         self.targets: dict[str, _Target] = {}
         for profile in profiles:
             self._add(profile)
@@ -117,8 +118,9 @@ class DetectionEngine:
         self.now = max(self.now, t)
         changes: list[Finding] = []
         if isinstance(record, GpuSample):
-            if record.mem_used_mib is not None and record.index not in self.gpu_totals and record.extra.get("mem_total_mib"):
-                self.gpu_totals[record.index] = float(record.extra["mem_total_mib"])
+            total = record.extra.get("mem_total_mib") if record.extra else None
+            if isinstance(total, (int, float)) and record.index not in self.gpu_totals:
+                self.gpu_totals[record.index] = float(total)
             for target in self.targets.values():
                 target.view.now = self.now
                 if target.view.update_gpu(record):

@@ -56,6 +56,7 @@ from watchdog.trace.records import Header, Record
 
 DEFAULT_RETENTION = 90 * 86400.0
 _TITLE_MAX = 200
+_PRUNE_EVERY_S = 86400.0
 _log = logger.bind(component="incidents")
 
 
@@ -105,6 +106,7 @@ class IncidentManager:
         self.store = store or IncidentStore(self.state_dir / DB_NAME)
         self._open: dict[str, _Live] = {}
         self._tails: dict[int, _Tail] = {}
+        self._next_prune = float("inf")  # set by the first prune, at start
         self._unsaved: dict[int, _Unsaved] = {}
         self._carry_until: float | None = None
         self._next_id = 1
@@ -391,6 +393,8 @@ class IncidentManager:
                 del self._tails[incident_id]
         if self._unsaved:
             self._flush()
+        if t >= self._next_prune:
+            self._prune(t)
         return events
 
     # --- queries ------------------------------------------------------------------------------
@@ -479,6 +483,7 @@ class IncidentManager:
         self._fine("store", "state store: saving again")
 
     def _prune(self, t: float) -> None:
+        self._next_prune = t + _PRUNE_EVERY_S  # at start, then daily: a daemon may run for months
         if self.retention <= 0:
             return
         try:

@@ -160,6 +160,19 @@ class Incidents:
         t = self.clock()
         return await self._mutate(lambda m: m.tick(t))
 
+    async def configure(self, *, redactor: Redactor, incident_context: float) -> None:
+        """After a reload: new secrets to mask, a new context window for recordings."""
+        self._incident_context = incident_context
+        self._settings.update(redactor=redactor, incident_context=incident_context)
+        manager = self._manager
+        if manager is not None:
+
+            def apply() -> None:
+                manager.redactor = redactor
+                manager.incident_context = incident_context
+
+            await self._run(apply)
+
     async def set_header(self, header: Header) -> None:
         """After a reload: the targets and GPUs that new recordings name in their header."""
         if self._manager is not None:

@@ -150,7 +150,14 @@ class IncidentStore:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT that fails (busy, I/O error) leaves the transaction open: roll it
+            # back, or every later BEGIN fails and the store never recovers.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     # --- writes -------------------------------------------------------------------------------
 

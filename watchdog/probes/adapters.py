@@ -92,6 +92,10 @@ class PollParts:
 class ServerAdapter(ABC):
     """The status endpoints, unload and canary protocol of one kind of server."""
 
+    #: Whether every model the server lists is loaded (vLLM), or it may list models it
+    #: would load on demand (generic OpenAI-compatible servers).
+    lists_only_loaded_models = False
+
     kind: ClassVar[str]
     stream_format: ClassVar[StreamFormat] = "sse"
     supports_unload: ClassVar[bool] = False
@@ -210,6 +214,11 @@ class ServerAdapter(ABC):
         served = [m.name for m in poll.models] if poll is not None and poll.models else self.known_models
         if configured:
             return [CanaryChoice(m) for m in configured], ""
+        if len(served) > 1 and not self.lists_only_loaded_models:
+            # A server that loads on demand (llama-swap, LM Studio, LocalAI, Ollama's /v1) lists
+            # every installed model: a canary to one not loaded would load it, and hold VRAM.
+            return [], (f"{len(served)} models listed and no way to tell which are loaded: "
+                        "set canary.models to the ones that stay loaded")
         if served:
             return [CanaryChoice(m) for m in served], ""
         return [], "no model known (the server listed none; set canary.models)"

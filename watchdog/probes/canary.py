@@ -305,6 +305,16 @@ async def _fail_status(response: Any, deadline_at: float) -> None:
     raise _Fail(f"http_{status}" + (f": {detail[:100]}" if detail else ""), status=status)
 
 
+#: HTTP statuses that say "this request (route, model, body) is wrong": try the next form,
+#: then leave the model alone for a while. 401/403 (a key), 408 and 429 (load) are failures
+#: like any other and must not silence the canaries, which may be the only hang signal.
+REJECTING_STATUSES = frozenset({400, 404, 405, 415, 422})
+
+
+def _rejects_the_request(canary: Canary) -> bool:
+    return not canary.ok and canary.extra.get("status") in REJECTING_STATUSES
+
+
 # --- for one target ------------------------------------------------------------------------------
 
 class CanaryProbe:
@@ -404,12 +414,11 @@ class CanaryProbe:
             canary = await send_canary(
                 self.adapter, requests[index], deadlines, self.clock, model=choice.model, monotonic=self.monotonic
             )
-            rejected = not canary.ok and (canary.error or "").startswith("http_4")
-            if not rejected:
+            if not _rejects_the_request(canary):
                 self._request_choice[choice.model] = index
                 break
         assert canary is not None
-        if not canary.ok and (canary.error or "").startswith("http_4"):
+        if _rejects_the_request(canary):
             self._rejected_until[choice.model] = canary.t + REJECTED_FOR_S
             self._log.problem(
                 f"rejected:{choice.model}",

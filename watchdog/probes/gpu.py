@@ -27,6 +27,7 @@ call is timed (:meth:`GpuProbe.timings`).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import threading
 import time
 from collections.abc import Callable
@@ -418,6 +419,8 @@ class GpuProbe:
             mem_used = _mib(memory.used) if memory is not None else None
             if memory is not None and device.mem_total_mib is None:
                 device.mem_total_mib = _mib(memory.total)
+            if device.mem_total_mib is not None:
+                extra["mem_total_mib"] = device.mem_total_mib  # so every sample can be judged alone
             util_rates = _optional(nvml, i, "nvmlDeviceGetUtilizationRates", h)
             util = float(util_rates.gpu) if util_rates is not None else None
             temp = _optional(nvml, i, "nvmlDeviceGetTemperature", h, nvml.const("NVML_TEMPERATURE_GPU", 0))
@@ -600,6 +603,23 @@ class XidWatcher:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        # A reference of its own on the library (NVML counts nvmlInit calls): the probe may
+        # shut NVML down and start it again while this thread waits on an event set.
+        try:
+            self.nvml.call("nvmlInit")
+            own_reference = True
+        except Exception:  # noqa: BLE001 - the probe reports the library's state
+            own_reference = False
+        try:
+            self._loop()
+        finally:
+            if own_reference:
+                try:
+                    self.nvml.call("nvmlShutdown")
+                except Exception:  # noqa: BLE001 - best effort at exit
+                    pass
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             generation, handles = self.probe.handles()
             if not handles:
@@ -641,18 +661,38 @@ class XidWatcher:
                     raise
                 if int(getattr(data, "eventType", xid_type)) & xid_type == 0:
                     continue
-                index = self._index_of(data.device, registered)
                 pid = getattr(data, "pid", None)
-                self.emit(Xid(t=self.probe.clock(), index=index, xid=int(data.eventData),
-                              pid=int(pid) if isinstance(pid, int) and pid > 0 else None))
+                for index, extra in self._indexes_of(data.device, handles, registered):
+                    self.emit(Xid(t=self.probe.clock(), index=index, xid=int(data.eventData),
+                                  pid=int(pid) if isinstance(pid, int) and pid > 0 else None, extra=extra))
         finally:
             try:
                 nvml.call("nvmlEventSetFree", event_set)
             except Exception:  # noqa: BLE001
                 pass
 
-    def _index_of(self, handle: Any, registered: list[int]) -> int:
+    def _indexes_of(self, handle: Any, handles: list[tuple[int, Any]],
+                    registered: list[int]) -> list[tuple[int, dict[str, Any]]]:
+        """The GPU an event came from. If NVML cannot say which, every watched GPU gets it
+        (marked so): a critical error on an unknown GPU must not vanish."""
         try:
-            return int(self.nvml.call("nvmlDeviceGetIndex", handle))
+            return [(int(self.nvml.call("nvmlDeviceGetIndex", handle)), {})]
         except NVMLError:
-            return registered[0] if len(registered) == 1 else -1
+            pass
+        address = _address(handle)
+        for index, known in handles:
+            if address is not None and _address(known) == address:
+                return [(index, {})]
+        if len(registered) == 1:
+            return [(registered[0], {})]
+        self._log.problem("which", "an XID event from a GPU NVML cannot name: reported on every GPU",
+                          level="WARNING")
+        return [(index, {"device_unknown": True}) for index in registered]
+
+
+def _address(handle: Any) -> int | None:
+    """The address behind an NVML device handle (a ctypes pointer), to compare handles."""
+    try:
+        return ctypes.cast(handle, ctypes.c_void_p).value
+    except (TypeError, ctypes.ArgumentError):  # not a ctypes handle (the simulator's)
+        return None

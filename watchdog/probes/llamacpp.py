@@ -130,9 +130,14 @@ class LlamaCppAdapter(ServerAdapter):
     def canary_choices(
         self, poll: ServerPoll | None, now: float, configured: Sequence[str]
     ) -> tuple[list[CanaryChoice], str]:
-        """llama.cpp serves one model and ignores the name: a canary needs none."""
-        choices, _ = super().canary_choices(poll, now, configured)
-        return (choices or [CanaryChoice(None)]), ""
+        """llama.cpp serves one model and ignores the name: a canary needs none.
+
+        In router mode it lists several and loads them on demand: then only canary.models.
+        """
+        choices, why = super().canary_choices(poll, now, configured)
+        if choices or why.endswith("set canary.models to the ones that stay loaded"):
+            return choices, why
+        return [CanaryChoice(None)], ""
 
     def canary_requests(self, choice: CanaryChoice, prompt: str, max_tokens: int) -> list[CanaryRequest]:
         return openai_canary_requests(choice, prompt, max_tokens)

@@ -56,6 +56,9 @@ class LogSource(ABC):
     async def recent(self, max_lines: int) -> list[str]:
         """The last ``max_lines`` lines (or fewer)."""
 
+    def close(self) -> None:
+        """Release what the source holds (threads); after the follower is cancelled."""
+
 
 # --- a file -----------------------------------------------------------------------------------
 
@@ -70,6 +73,9 @@ class FileSource(LogSource):
         self.rotations = 0
         self.ready = asyncio.Event()
         self._runner = BlockingRunner(f"log-{self.path.name}")
+
+    def close(self) -> None:
+        self._runner.close()
 
     async def _io(self, fn: Any, *args: Any) -> Any:
         try:

@@ -145,6 +145,8 @@ class ProbeSuite:
     async def aclose(self) -> None:
         for probes in self.targets.values():
             await probes.adapter.aclose()
+            if probes.logs is not None:
+                probes.logs.source.close()
         if self.gpu is not None:
             await asyncio.to_thread(self.gpu.close)
         self.processes.close()

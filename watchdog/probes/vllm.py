@@ -37,6 +37,7 @@ def parse_vllm_metrics(text: str) -> dict[str, float | None]:
 
 class VllmAdapter(ServerAdapter):
     kind = "vllm"
+    lists_only_loaded_models = True  # it serves exactly the models (and LoRAs) it loaded
 
     async def _poll(self) -> PollParts:
         health, models, metrics = await asyncio.gather(
