@@ -1,6 +1,8 @@
-"""Failing tests from the code review (branch ``review``): each one proves a defect on main.
+"""Regression tests from the code review: each one proved a defect, since fixed.
 
-They are expected to FAIL until the lead fixes the production code.
+Canaries that loaded models, a reload that moved the socket and stopped the daemon, a
+second daemon on the same state, GPU sizes that never reached the daemon's engine, a
+password printed by `config check`, and zero durations accepted.
 """
 
 from __future__ import annotations
