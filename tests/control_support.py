@@ -23,7 +23,37 @@ from watchdog.control.server import ControlServer
 from watchdog.detect.finding import Finding
 from watchdog.incidents import Incident, Incidents
 from watchdog.status import DaemonInfo, LatestRecords, ReloadStatus, StatusSnapshot, build_status
-from watchdog.trace.records import Header, Record
+from watchdog.trace.records import (
+    Canary,
+    GpuDevice,
+    GpuProc,
+    GpuSample,
+    Header,
+    LoadedModel,
+    Record,
+    ServerPoll,
+    TraceTarget,
+)
+
+#: Two servers sharing one simulated GPU, for status and control tests.
+HEADER = Header(
+    host="box",
+    gpus=[GpuDevice(0, "Sim GPU", 24576)],
+    targets=[TraceTarget("ollama", "ollama", [0]), TraceTarget("vllm", "vllm", [0])],
+)
+
+
+def observations(t: float, *, vllm_running: int = 1, vllm_waiting: int = 0,
+                 vllm_tokens: float | None = None) -> list[Record]:
+    """One round of what the probes would see of HEADER's two servers at ``t``."""
+    return [
+        ServerPoll(t=t, target="ollama", state="ready", models=[LoadedModel("llama3.1:8b", 6144, 300.0)]),
+        ServerPoll(t=t, target="vllm", state="ready", running=vllm_running, waiting=vllm_waiting,
+                   gen_tokens_total=vllm_tokens),
+        Canary(t=t, target="ollama", ok=True, model="llama3.1:8b", ttft_s=0.3, tokens=4, tokens_per_s=40.0),
+        GpuSample(t=t, index=0, util=35.0, mem_used_mib=16000, temp_c=55.0, power_w=120.0,
+                  procs=[GpuProc(11, 6300, "ollama"), GpuProc(12, 9500, "vllm")]),
+    ]
 
 T = TypeVar("T")
 

@@ -9,37 +9,15 @@ import sys
 
 import pytest
 
-from tests.control_support import mini_daemon, short_tmpdir
+from tests.control_support import HEADER, mini_daemon, short_tmpdir
+from tests.control_support import observations as shared_observations
 from tests.paths import ROOT
 from watchdog.detect.finding import Finding
 from watchdog.status import StatusSnapshot
 from watchdog.trace import read_trace
-from watchdog.trace.records import (
-    Canary,
-    GpuDevice,
-    GpuProc,
-    GpuSample,
-    Header,
-    LoadedModel,
-    ServerPoll,
-    TraceTarget,
-)
-
-HEADER = Header(
-    host="box",
-    gpus=[GpuDevice(0, "Sim GPU", 24576)],
-    targets=[TraceTarget("ollama", "ollama", [0]), TraceTarget("vllm", "vllm", [0])],
-)
-
 
 def observations(t: float) -> list:
-    return [
-        ServerPoll(t=t, target="ollama", state="ready", models=[LoadedModel("llama3.1:8b", 6144, 300.0)]),
-        ServerPoll(t=t, target="vllm", state="ready", running=2, waiting=1),
-        Canary(t=t, target="ollama", ok=True, model="llama3.1:8b", ttft_s=0.3, tokens=4, tokens_per_s=40.0),
-        GpuSample(t=t, index=0, util=35.0, mem_used_mib=16000, temp_c=55.0, power_w=120.0,
-                  procs=[GpuProc(11, 6300, "ollama"), GpuProc(12, 9500, "vllm")]),
-    ]
+    return shared_observations(t, vllm_running=2, vllm_waiting=1)
 
 
 def watchdogctl(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

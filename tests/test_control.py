@@ -10,7 +10,8 @@ import stat
 import httpx
 import pytest
 
-from tests.control_support import mini_daemon, short_tmpdir
+from tests.control_support import HEADER, mini_daemon, short_tmpdir
+from tests.control_support import observations as shared_observations
 from tests.support import unavailable, wait_for
 from watchdog.control import ControlClient, ControlError, DaemonUnreachable
 from watchdog.control.server import ControlServer
@@ -19,32 +20,11 @@ from watchdog.detect.finding import Finding
 from watchdog.incidents import read_recording
 from watchdog.trace import read_trace_lines
 from watchdog.trace.records import (
-    Canary,
-    GpuDevice,
-    GpuProc,
-    GpuSample,
-    Header,
-    LoadedModel,
-    ServerPoll,
-    TraceTarget,
     Xid,
 )
 
-HEADER = Header(
-    host="box",
-    gpus=[GpuDevice(0, "Sim GPU", 24576)],
-    targets=[TraceTarget("ollama", "ollama", [0]), TraceTarget("vllm", "vllm", [0])],
-)
-
-
 def observations(t: float) -> list:
-    return [
-        ServerPoll(t=t, target="ollama", state="ready", models=[LoadedModel("llama3.1:8b", 6144, 300.0)]),
-        ServerPoll(t=t, target="vllm", state="ready", running=1, waiting=0, gen_tokens_total=100.0 + t),
-        Canary(t=t, target="ollama", ok=True, model="llama3.1:8b", ttft_s=0.3, tokens=4, tokens_per_s=40.0),
-        GpuSample(t=t, index=0, util=35.0, mem_used_mib=16000, temp_c=55.0, power_w=120.0,
-                  procs=[GpuProc(11, 6300, "ollama"), GpuProc(12, 9500, "vllm")]),
-    ]
+    return shared_observations(t, vllm_tokens=100.0 + t)
 
 
 @pytest.fixture
