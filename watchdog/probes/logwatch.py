@@ -56,7 +56,7 @@ class LogSource(ABC):
     async def recent(self, max_lines: int) -> list[str]:
         """The last ``max_lines`` lines (or fewer)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most sources hold nothing: a no-op by default
         """Release what the source holds (threads); after the follower is cancelled."""
 
 
