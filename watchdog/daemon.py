@@ -82,7 +82,6 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reloading = asyncio.Lock()
         self._status_line = ""
-        self._started_wall = datetime.now(timezone.utc)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -57,10 +57,8 @@ class Pipeline:
         self.latest = latest
         self.incidents = incidents
         self.on_progress = on_progress
-        self.records_seen = 0
         self._queue: asyncio.Queue[Record] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._paused = False
 
     def emit(self, record: Record) -> None:
         """Take a record from a probe (must be called on the loop's thread)."""
@@ -104,7 +102,6 @@ class Pipeline:
         findings: list[Finding] = []
         for record in batch:
             findings.extend(self.engine.feed(record))
-        self.records_seen += len(batch)
         if findings:
             for finding in findings:
                 level = "WARNING" if finding.state == "raised" else "INFO"

@@ -73,7 +73,6 @@ class _OomBase(TargetDetector):
         super().__init__(view)
         self.last_t: float | None = None
         self.gpu_free: dict[int, float] = {}
-        self.gpu_total: dict[int, float] = {}
 
     def observe(self, record: Record) -> Verdict | None:
         if isinstance(record, GpuSample) and record.mem_used_mib is not None:
