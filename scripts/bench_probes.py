@@ -30,7 +30,7 @@ from watchdog.probes.adapters import make_adapter
 from watchdog.probes.attribution import Attributor
 from watchdog.probes.canary import CanaryProbe
 from watchdog.probes.gpu import GpuProbe
-from watchdog.probes.recorder import FlightRecorder
+from watchdog.daemon.recorder import FlightRecorder
 from watchdog.sim.launch import Simulator
 from watchdog.sim.nvml import SimNvml
 from watchdog.trace.records import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.scenarios.catalog import SCENARIOS
-from watchdog.replay import check_expectations, replay_trace
+from watchdog.commands.replay import check_expectations, replay_trace
 from watchdog.trace.io import Trace
 
 SEEDS = range(8)

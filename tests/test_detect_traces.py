@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from tests.paths import all_trace_files
 from watchdog.cli import cli
-from watchdog.replay import check_expectations, replay_file
+from watchdog.commands.replay import check_expectations, replay_file
 
 TRACES = [p for p in all_trace_files() if p.with_name(p.name.replace(".trace.jsonl", ".expect.json")).exists()]
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.control_support import short_tmpdir
 from tests.support import wait_for
-from watchdog.notify_systemd import SystemdNotify
+from watchdog.daemon.systemd_notify import SystemdNotify
 
 
 class FakeSystemd:

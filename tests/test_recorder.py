@@ -16,7 +16,7 @@ import pytest
 
 from tests.simulator import sim_factory  # noqa: F401 - the fixture
 from watchdog.config.model import Config
-from watchdog.probes.recorder import FlightRecorder, build_header
+from watchdog.daemon.recorder import FlightRecorder, build_header
 from watchdog.probes.suite import ProbeSuite
 from watchdog.sim.nvml import SimNvml
 from watchdog.trace.io import read_trace

@@ -20,7 +20,7 @@ from tests.daemon_support import DaemonProcess, ctl, write_config
 from tests.simulator import sim_factory  # noqa: F401 - fixture
 from tests.support import wait_for
 from watchdog.config import load_config
-from watchdog.daemon import Daemon
+from watchdog.daemon.daemon import Daemon
 
 
 async def _until(condition: Any, what: str, timeout: float = 20.0) -> Any:

@@ -113,7 +113,7 @@ def replay_command(obj: Context, trace: str, replay_config: str | None, explain:
     One JSON object per change of a finding: {"t", "target", "finding", "state", "summary"}.
     Broken trace lines are reported on stderr with their line numbers and skipped.
     """
-    from watchdog.replay import check_expectations, findings_as_json_lines, replay_file
+    from watchdog.commands.replay import check_expectations, findings_as_json_lines, replay_file
     from watchdog.trace.io import TraceError
 
     config = None
@@ -129,7 +129,7 @@ def replay_command(obj: Context, trace: str, replay_config: str | None, explain:
     if explain:
         from rich.console import Console
 
-        from watchdog.explain import explain as render
+        from watchdog.commands.explain import explain as render
 
         render(result, trace, Console(soft_wrap=False))
     else:
@@ -295,7 +295,7 @@ def demo_command(obj: Context, keep: bool) -> None:
     """
     from rich.console import Console
 
-    from watchdog.demo import run_demo
+    from watchdog.commands.demo import run_demo
 
     obj.setup_logging(None)
     sys.exit(run_demo(Console(), keep=keep))
@@ -313,7 +313,7 @@ def check_command(obj: Context, as_json: bool, no_canary: bool) -> None:
     import asyncio
     import json
 
-    from watchdog.check import run_check
+    from watchdog.commands.check import run_check
     from watchdog.status import exit_code_for, render_status
 
     config = obj.load()
@@ -371,7 +371,7 @@ def probe(obj: Context, targets: tuple[str, ...], all_targets: bool, as_json: bo
     """
     import asyncio
 
-    from watchdog.probes.oneshot import json_lines, probe_once, render
+    from watchdog.commands.probe import json_lines, probe_once, render
 
     config = obj.load()
     # The tables say what went wrong; the log only adds what they cannot (unless asked).
@@ -408,7 +408,7 @@ def run_command(obj: Context) -> None:
 
     from loguru import logger
 
-    from watchdog.daemon import run_daemon
+    from watchdog.daemon.daemon import run_daemon
 
     config = obj.load()
     obj.setup_logging(config)

@@ -8,6 +8,4 @@ Entry points (each round emits through ``emit`` and never raises):
 - ``CanaryProbe.round()`` (canary.py), ``GpuProbe.round()`` (gpu.py) with its XID thread,
   ``ProcessProbe.round()`` (processes.py), ``LogProbe.run()`` (logwatch.py);
 - :class:`~watchdog.probes.attribution.Attributor`: which processes belong to which target;
-- :class:`~watchdog.probes.recorder.FlightRecorder`: the last minutes, written as a trace;
-- :func:`~watchdog.probes.oneshot.probe_once`: ``watchdogctl probe``.
 """

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from watchdog.detect.view import secs
-from watchdog.replay import ReplayResult
+from watchdog.commands.replay import ReplayResult
 from watchdog.trace.records import Event, LogLine
 
 

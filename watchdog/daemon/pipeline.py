@@ -22,7 +22,7 @@ from watchdog.detect.engine import DetectionEngine
 from watchdog.detect.finding import Finding
 from watchdog.detect.profile import TargetProfile
 from watchdog.incidents import Incidents
-from watchdog.probes.recorder import FlightRecorder
+from watchdog.daemon.recorder import FlightRecorder
 from watchdog.status import LatestRecords
 from watchdog.trace.records import Record
 

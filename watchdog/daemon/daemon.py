@@ -3,7 +3,7 @@
 One asyncio loop runs everything. APScheduler drives the periodic probes (no
 overlapping runs of a job, missed runs coalesced); every probe has a deadline,
 blocking work (NVML, psutil, Docker, SQLite) runs in worker threads, so the
-loop stays free. The records flow through :class:`~watchdog.pipeline.Pipeline`.
+loop stays free. The records flow through :class:`~watchdog.daemon.pipeline.Pipeline`.
 
 Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the config (validated
 first; a broken one is logged and the running config kept). systemd hears
@@ -33,10 +33,10 @@ from watchdog.control.server import ControlServer
 from watchdog.control.socket import ControlSocketError
 from watchdog.incidents import Incident, Incidents
 from watchdog.logs import set_redactor, setup_logging
-from watchdog.notify_systemd import SystemdNotify
-from watchdog.pipeline import Pipeline, make_engine
+from watchdog.daemon.systemd_notify import SystemdNotify
+from watchdog.daemon.pipeline import Pipeline, make_engine
 from watchdog.probes.base import MonotonicClock
-from watchdog.probes.recorder import FlightRecorder, build_header
+from watchdog.daemon.recorder import FlightRecorder, build_header
 from watchdog.probes.suite import ProbeSuite
 from watchdog.redact import Redactor
 from watchdog.status import DaemonInfo, LatestRecords, ReloadStatus, StatusSnapshot, build_status, summary_line

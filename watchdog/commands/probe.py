@@ -18,7 +18,7 @@ from rich.table import Table
 
 from watchdog.config.model import Config
 from watchdog.probes.base import MonotonicClock
-from watchdog.probes.recorder import build_header
+from watchdog.daemon.recorder import build_header
 from watchdog.probes.suite import ProbeSuite
 from watchdog.trace.io import dumps_record
 from watchdog.trace.records import (

@@ -20,9 +20,9 @@ import asyncio
 
 from watchdog.config.model import Config
 from watchdog.detect.finding import Finding
-from watchdog.pipeline import make_engine
+from watchdog.daemon.pipeline import make_engine
 from watchdog.probes.base import MonotonicClock
-from watchdog.probes.recorder import build_header
+from watchdog.daemon.recorder import build_header
 from watchdog.probes.suite import ProbeSuite
 from watchdog.redact import Redactor
 from watchdog.status import DaemonInfo, LatestRecords, StatusSnapshot, build_status

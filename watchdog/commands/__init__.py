@@ -1,0 +1,4 @@
+"""One-shot commands behind ``watchdogctl`` (check, probe, replay, explain, demo).
+
+They may import any room; nothing imports them but ``cli.py``.
+"""
