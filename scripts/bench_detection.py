@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.scenarios.catalog import make_server  # noqa: E402
 from tests.scenarios.world import Cadence, World  # noqa: E402
-from watchdog.config.model import CanarySettings, WatchdogSettings  # noqa: E402
 from watchdog.commands.replay import replay_file, replay_trace  # noqa: E402
+from watchdog.config.model import CanarySettings, WatchdogSettings  # noqa: E402
 from watchdog.trace.io import Trace, write_trace  # noqa: E402
 
 

@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from watchdog.control.client import ControlClient, ControlError, DaemonUnreachable
+from watchdog.exitcodes import EXIT_FAILURE, EXIT_OK
 from watchdog.sim.launch import Simulator, SimulatorError
 from watchdog.status import StatusSnapshot
 from watchdog.status.render import gpus_table, targets_table
@@ -146,7 +147,7 @@ class Demo:
                         break
                     time.sleep(0.5)
             self._summary(board)
-            return 0 if board.passed else 1
+            return EXIT_OK if board.passed else EXIT_FAILURE
         finally:
             self._stop()
 
@@ -367,5 +368,5 @@ def run_demo(console: Console | None = None, keep: bool = False) -> int:
         return Demo(console, keep=keep).run()
     except (DemoError, SimulatorError) as exc:
         console.print(f"[bold red]error[/bold red]: {exc}")
-        return 1
+        return EXIT_FAILURE
 

@@ -9,7 +9,8 @@ never as values.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Iterable
+from typing import Annotated, Literal, Union
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -281,6 +282,11 @@ class TargetSettings(Section):
             )
         return self
 
+    def gpus_seen(self, found: Iterable[int] = ()) -> list[int]:
+        """The target's GPUs: the configured list, or (``gpus = "auto"``) those its
+        processes were ``found`` on. The one place that reads the "auto" rule."""
+        return list(found) if self.gpus == "auto" else list(self.gpus)
+
     def restart_method(self) -> str:
         """The restart method after resolving "auto"."""
         method = self.restart.method
@@ -298,7 +304,7 @@ class TargetSettings(Section):
 class PolicySettings(Section):
     """When to act, and how much, before handing over to a human."""
 
-    mode: Literal["act", "observe"] = "act"
+    mode: Literal["act", "observe"] = "observe"  # "observe" until actions land
     max_restarts: int = Field(default=3, ge=0)
     restart_window: Positive = 3600.0
     cooldown: Duration = 120.0
@@ -387,13 +393,3 @@ class Config(Section):
             "canary": target.canary.interval,
             "gpu": w.gpu_interval,
         }
-
-
-def model_keys(model: type[BaseModel]) -> list[str]:
-    """The keys a section accepts, for "did you mean" suggestions."""
-    return list(model.model_fields)
-
-
-def dump_public(config: Config) -> dict[str, Any]:
-    """The config as plain data, secrets shown as their references only."""
-    return config.model_dump(mode="json")

@@ -55,10 +55,6 @@ class GpuStateWriter:
         self._rng = random.Random(os.getpid())
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def poke(self) -> None:
-        """The state changed: write soon (coalesced with other changes in the same tick)."""
-        self._changed.set()
-
     def add_xid(self, index: int, xid: int, pid: int | None = None) -> dict[str, object]:
         event = {"seq": len(self.xids) + 1, "index": index, "xid": xid, "pid": pid,
                  "time": round(time.time(), 3)}

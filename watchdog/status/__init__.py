@@ -2,18 +2,10 @@
 
 from watchdog.status.builder import DaemonInfo, LatestRecords, build_status
 from watchdog.status.model import SCHEMA_VERSION, ReloadStatus, StatusSnapshot
-from watchdog.status.render import (
-    EXIT_CRITICAL,
-    EXIT_DEGRADED,
-    EXIT_OK,
-    EXIT_UNREACHABLE,
-    exit_code_for,
-    render_status,
-    summary_line,
-)
+from watchdog.status.render import exit_code_for, render_status, summary_line
 
 __all__ = [
-    "EXIT_CRITICAL", "EXIT_DEGRADED", "EXIT_OK", "EXIT_UNREACHABLE", "SCHEMA_VERSION", "DaemonInfo",
+    "SCHEMA_VERSION", "DaemonInfo",
     "LatestRecords", "ReloadStatus", "StatusSnapshot", "build_status", "exit_code_for", "render_status",
     "summary_line",
 ]
