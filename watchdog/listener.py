@@ -44,7 +44,8 @@ class Hub(Protocol):
     - ``canary_now(target)``: send a canary to the target now (None if one is in flight,
       the target is unknown or no model can be asked);
     - ``status()``: the status snapshot, as ``watchdogctl status`` shows it;
-    - ``config`` and ``header``: the running config and trace header (both change on reload).
+    - ``config`` and ``header``: the running config and trace header (both change on reload);
+    - ``acts``: set by the act listener while it carries out actions (status shows the mode).
     """
 
     @property
@@ -56,6 +57,7 @@ class Hub(Protocol):
     incidents: Incidents
     latest: LatestRecords
     clock: Callable[[], float]
+    acts: bool  # the act listener sets it while it acts; until then status says "observe"
 
     def emit(self, record: Record) -> None: ...
 

@@ -1,4 +1,7 @@
-"""The status snapshot: its schema (model), the pure builder, and its rendering."""
+"""The status snapshot: its schema (model), the pure builder, and its rendering.
+
+May import ``config/``, ``trace/``, ``detect.finding``, ``incidents.model``, ``redact``,
+``exitcodes``; used by the daemon, ``control/`` and the commands."""
 
 from watchdog.status.builder import DaemonInfo, LatestRecords, build_status
 from watchdog.status.model import SCHEMA_VERSION, ReloadStatus, StatusSnapshot
