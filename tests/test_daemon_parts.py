@@ -7,28 +7,17 @@ In-process, over the real simulator (HTTP) and the simulated GPU; no ``watchdogc
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.daemon_support import write_config
 from tests.simulator import sim_factory  # noqa: F401 - fixture
+from tests.support import until
 from watchdog.config import Config, load_config
 from watchdog.daemon.builder import build
 from watchdog.daemon.daemon import Daemon
 from watchdog.listener import Component, Hub
 from watchdog.trace.records import Event
-
-
-async def _until(condition: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 class Recorder:
@@ -70,14 +59,14 @@ async def test_listeners_and_per_target_workers(tmp_path: Path, sim_factory: Any
     daemon = Daemon(str(path), config, parts=parts)
     task = asyncio.create_task(daemon.serve())
     try:
-        await _until(lambda: daemon.ready, "the first round")
+        await until(lambda: daemon.ready, 30, "the first round")
         assert calls == ["start act", "start notify"]
         hub = made[0].hub
         assert hub.attributor() is not None and sorted(hub.header.targets[i].name for i in range(2)) == ["one", "two"]
         assert (await hub.status()).daemon.mode == "observe"  # nothing acts yet, whatever the policy says
         hub.emit(Event(t=hub.clock(), target="one", event="restart_started"))
-        await _until(lambda: any(isinstance(r, Event) for r in parts.recorder.records()), "the event in the recorder")
-        await _until(lambda: "one" in hub.latest.canaries, "the daemon's own first canary")
+        await until(lambda: any(isinstance(r, Event) for r in parts.recorder.records()), 30, "the event in the recorder")
+        await until(lambda: "one" in hub.latest.canaries, 30, "the daemon's own first canary")
         canary = await hub.canary_now("one")
         assert canary is not None and canary.target == "one"
 
@@ -92,9 +81,9 @@ async def test_listeners_and_per_target_workers(tmp_path: Path, sim_factory: Any
         assert parts.scheduler.workers["one"] is workers["one"]  # unchanged: kept running
         assert parts.scheduler.workers["two"] is not workers["two"]  # changed: replaced
         assert daemon.suite is not None and daemon.suite.targets["one"] is workers["one"].probes
-        await _until(lambda: daemon.ready, "the first round after the reload")
+        await until(lambda: daemon.ready, 30, "the first round after the reload")
         polls_before = daemon.latest.polls.get("one")
-        await _until(lambda: daemon.latest.polls.get("one") is not polls_before, "target one polled after the reload")
+        await until(lambda: daemon.latest.polls.get("one") is not polls_before, 30, "target one polled after the reload")
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 30)

@@ -31,7 +31,7 @@ from watchdog.control.server import ControlServer
 from watchdog.control.socket import ControlSocketError
 from watchdog.daemon.builder import Parts, build
 from watchdog.daemon.workers import HOUSEKEEPING_S
-from watchdog.detect.factory import make_engine
+from watchdog.detect.factory import gpu_totals, make_engine
 from watchdog.exitcodes import EXIT_FAILURE, EXIT_OK
 from watchdog.incidents import Incident
 from watchdog.logs import set_redactor, setup_logging
@@ -265,9 +265,7 @@ class Daemon:
     def _update_header(self) -> None:
         suite = self.hub.suite
         devices: list[GpuDevice] = list(suite.gpu.devices) if suite is not None and suite.gpu is not None else []
-        for device in devices:
-            if device.mem_total_mib:
-                self.parts.gpu_totals[device.index] = float(device.mem_total_mib)
+        self.parts.gpu_totals.update(gpu_totals(devices))  # shared with the engine
         self.hub.header = build_header(
             self.config, devices, target_gpus=suite.target_gpus() if suite is not None else None,
             wall_zero=self.parts.clock.wall_start,
