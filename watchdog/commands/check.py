@@ -33,7 +33,7 @@ async def run_check(config: Config, config_path: str, canaries: bool = True) -> 
     records: list[Record] = []
     suite = make_suite(config, clock, records.append)
     try:
-        await run_round(suite, canary=canaries, logs=False)
+        await run_round(suite, canary=canaries, logs=False, gpu_after=True)
         header = suite.header(clock.wall_start)
     finally:
         await suite.aclose()

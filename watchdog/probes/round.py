@@ -3,8 +3,8 @@
 In order: containers' ids (so GPU processes can be attributed), the processes'
 CPU baseline, a GPU round, then per target (at once) a status poll, a canary
 (forced: a one-shot command wants an answer now) and the recent log lines,
-then the processes, and a second GPU look (processes attributed, utilisation
-during the canaries).
+then the processes; with ``gpu_after`` (``check``) a second GPU look, for the
+utilisation during the canaries (``probe`` keeps one sample per GPU, a trace of one round).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ async def run_round(
     canary: bool = True,
     logs: bool = True,
     log_lines: int = 500,
+    gpu_after: bool = False,
 ) -> RoundNotes:
     """Run every probe of ``suite`` once; never raises for what a probe sees."""
     notes = RoundNotes()
@@ -54,6 +55,6 @@ async def run_round(
 
     await asyncio.gather(*(one_target(name) for name in suite.targets))
     await suite.processes.round()
-    if suite.gpu is not None:
+    if gpu_after and suite.gpu is not None:
         await suite.gpu.round()
     return notes
