@@ -30,16 +30,18 @@ from watchdog.config import Config, ConfigError, load_config
 from watchdog.control.server import ControlServer
 from watchdog.control.socket import ControlSocketError
 from watchdog.daemon.builder import Parts, build
+from watchdog.daemon.pipeline import Pipeline
+from watchdog.daemon.systemd_notify import SystemdNotify
 from watchdog.daemon.workers import HOUSEKEEPING_S
 from watchdog.detect.factory import gpu_totals, make_engine
 from watchdog.exitcodes import EXIT_FAILURE, EXIT_OK
-from watchdog.incidents import Incident
+from watchdog.incidents import Incident, Incidents
 from watchdog.logs import set_redactor, setup_logging
 from watchdog.probes.suite import ProbeSuite
 from watchdog.redact import Redactor
-from watchdog.status import ReloadStatus, StatusSnapshot, summary_line
+from watchdog.status import LatestRecords, ReloadStatus, StatusSnapshot, summary_line
 from watchdog.trace.header import build_header
-from watchdog.trace.records import GpuDevice
+from watchdog.trace.records import GpuDevice, Header
 
 _log = logger.bind(component="daemon")
 
@@ -64,15 +66,41 @@ class Daemon:
         self._lock_handle: IO[str] | None = None
 
     # the parts, by name (tests and the control socket read them)
-    config = property(lambda self: self.hub.config)
-    incidents = property(lambda self: self.parts.incidents)
-    pipeline = property(lambda self: self.parts.pipeline)
-    notify = property(lambda self: self.parts.notify)
-    suite = property(lambda self: self.hub.suite)
-    ready = property(lambda self: self.hub.ready)
-    header = property(lambda self: self.hub.header)
-    gpu_totals = property(lambda self: self.parts.gpu_totals)
-    latest = property(lambda self: self.hub.latest)
+    @property
+    def config(self) -> Config:
+        return self.hub.config
+
+    @property
+    def incidents(self) -> Incidents:
+        return self.parts.incidents
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.parts.pipeline
+
+    @property
+    def notify(self) -> SystemdNotify:
+        return self.parts.notify
+
+    @property
+    def suite(self) -> ProbeSuite | None:
+        return self.hub.suite
+
+    @property
+    def ready(self) -> bool:
+        return self.hub.ready
+
+    @property
+    def header(self) -> Header:
+        return self.hub.header
+
+    @property
+    def latest(self) -> LatestRecords:
+        return self.hub.latest
+
+    @property
+    def gpu_totals(self) -> dict[int, float]:
+        return self.parts.gpu_totals
 
     # --- run: startup, main loop, shutdown ---------------------------------------------------------
 
@@ -136,8 +164,10 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop in the reverse order of start-up: listeners, probes, pipeline, control, incidents."""
         for listener in reversed(self.parts.listeners):
-            with contextlib.suppress(Exception):
+            try:
                 await listener.stop()
+            except Exception as exc:  # noqa: BLE001 - stop the rest regardless
+                _log.opt(exception=exc).error(f"listener {listener.name} failed to stop: {exc!r}")
         await self.parts.scheduler.stop()
         await self._close_suite(self.hub.suite)
         self.hub.suite = None
@@ -182,7 +212,10 @@ class Daemon:
             self.hub.ready = False
             await self._start_probes(config)
             for listener in self.parts.listeners:
-                await listener.reload(config)
+                try:
+                    await listener.reload(config)
+                except Exception as exc:  # noqa: BLE001 - one listener must not undo the reload of the rest
+                    _log.opt(exception=exc).error(f"reload: listener {listener.name} failed: {exc!r}")
             return self._reloaded(ReloadStatus(at=at, ok=True, message="reloaded"))
 
     async def _apply_config(self, config: Config) -> None:
