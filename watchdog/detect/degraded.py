@@ -49,7 +49,7 @@ _RECOVERED = 0.75
 
 def load_level(running: float) -> int:
     """1 request: 0; 2-3: 1; 4-7: 2; 8-15: 3... (per-request speed changes with the batch size)."""
-    return max(0, int(math.floor(math.log2(max(running, 1.0)))))
+    return max(0, math.floor(math.log2(max(running, 1.0))))
 
 
 class _Baseline:

@@ -32,6 +32,7 @@ from loguru import logger
 
 from watchdog.config.durations import format_duration
 from watchdog.detect.finding import Finding
+from watchdog.incidents.counters import Counts, count_canaries, merge
 from watchdog.incidents.model import (
     Incident,
     IncidentEvent,
@@ -110,6 +111,7 @@ class IncidentManager:
         self._unsaved: dict[int, _Unsaved] = {}
         self._carry_until: float | None = None
         self._next_id = 1
+        self._canary_counts: Counts = {}
         self._once = LogOnce("incidents")
         #: Problems an operator should see in ``status`` (key -> one line).
         self.problems: dict[str, str] = {}
@@ -342,6 +344,7 @@ class IncidentManager:
         """Append records to the recordings that are running; then let time pass to the last one."""
         if not records:
             return []
+        self._count_canaries(records)
         events: list[IncidentEvent] = []
         for target, live in list(self._open.items()):
             if live.recording is None:
@@ -359,6 +362,19 @@ class IncidentManager:
         if last is not None:
             events.extend(self.tick(last))
         return events
+
+    def _count_canaries(self, records: Sequence[Record]) -> None:
+        """Canaries sent and failed, for ``watchdogctl report``; kept for the next batch if the store fails."""
+        merge(self._canary_counts, count_canaries(records, self.wall_start))
+        if not self._canary_counts:
+            return
+        try:
+            self.store.add_canary_counts(self._canary_counts)
+        except sqlite3.Error as exc:
+            self._problem("canary-counts", f"state store: cannot count canaries ({exc}); kept in memory")
+            return
+        self._canary_counts = {}
+        self._fine("canary-counts")
 
     def _append(self, recording: RecordingFile, records: Sequence[Record], key: str) -> None:
         try:
@@ -488,6 +504,7 @@ class IncidentManager:
             return
         try:
             files = self.store.delete_closed_before(self._wall(t) - self.retention)
+            self.store.delete_canary_counts_before(self._wall(t) - self.retention)
         except sqlite3.Error as exc:
             _log.warning(f"state store: cannot forget old incidents ({exc})")
             return
