@@ -208,7 +208,8 @@ class HangDetector(TargetDetector):
         if view.state == "ready":
             models = ", ".join(view.models) if view.models else "no model"
             alive = f"; the status endpoint still answers ({models} loaded)"
-        evidence = {"canaries": len(failures), "first_failure_started": round(first, 2)}
+        evidence = {"canaries": len(failures), "first_failure_started": round(first, 2),
+                    "detect_s": round(t - first, 1)}
         if not busy:
             return raise_(f"{len(failures)} canaries in a row got no token ({errors}); {view.gpu_brief()}{alive}",
                           rule="canaries", **evidence)
