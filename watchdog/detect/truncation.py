@@ -42,9 +42,9 @@ _LLAMA_NEW = re.compile(r"request \((\d+) tokens\) exceeds the available context
 _LLAMA_OLD = re.compile(r"exceeds the available context size", re.I)
 _LLAMA_TRUNCATED = re.compile(r"input truncated, n_ctx = (\d+).*n_prompt_tokens = (\d+)", re.I)
 _VLLM_MAX = re.compile(r"maximum context length is (\d+) tokens", re.I)
-_VLLM_PROMPT = re.compile(
-    r"\((\d+) in the messages|(\d+) in the prompt|prompt contains at least (\d+)|request has (\d+) input tokens"
-    r"|you requested (\d+) tokens", re.I)
+_VLLM_PROMPT = tuple(re.compile(p, re.I) for p in (
+    r"\((\d+) in the messages", r"(\d+) in the prompt", r"prompt contains at least (\d+)",
+    r"request has (\d+) input tokens", r"you requested (\d+) tokens"))  # most precise first
 _VLLM_DECODER = re.compile(r"prompt \(length (\d+)\) is longer than the maximum model length of (\d+)", re.I)
 _KV_SIZE = re.compile(r"llama_kv_cache\w*:\s+size\s*=\s*([\d.]+) MiB \(\s*(\d+) cells", re.I)
 
@@ -63,8 +63,8 @@ def parse_cut(line: str) -> Cut | None:
     if m := _VLLM_DECODER.search(line):
         return Cut("rejected", int(m.group(2)), int(m.group(1)))
     if m := _VLLM_MAX.search(line):
-        prompt = _VLLM_PROMPT.search(line)
-        length = next((int(g) for g in prompt.groups() if g), None) if prompt else None
+        found = (p.search(line) for p in _VLLM_PROMPT)
+        length = next((int(m.group(1)) for m in found if m), None)
         return Cut("rejected", int(m.group(1)), length)
     return None
 
