@@ -82,6 +82,7 @@ class DegradedDetector(TargetDetector):
         self.rates: dict[int, deque[float]] = {}
         self.ratios: deque[tuple[float, float, float, float, float]] = deque()  # t, ratio, rate, running, baseline
         self.busy_polls: deque[tuple[float, bool]] = deque()
+        self.counted_models: tuple[str, ...] = ()
 
     def observe(self, record: Record) -> Verdict | None:
         if isinstance(record, ServerPoll):
@@ -130,6 +131,12 @@ class DegradedDetector(TargetDetector):
         view = self.view
         if not view.rate_samples or view.rate_samples[-1][0] != poll.t:
             return None  # this poll gave no speed sample (idle, restarted, a gap)
+        models = tuple(sorted(view.models))
+        if models != self.counted_models:  # another model, another speed: learn it afresh
+            self.counted_models = models
+            self.rates.clear()
+            self.ratios.clear()
+            self.busy_polls.clear()
         t, running, rate = view.rate_samples[-1]
         level = load_level(running)
         reference = self._reference(level)
