@@ -324,6 +324,10 @@ def stuck_collective(seed: int) -> Scenario:
     onset = rng.uniform(200, duration - 200)
 
     def go(world: World) -> None:
+        from tests.scenarios.world import Request
+
+        # A collective runs inside an engine step, so it sticks with requests in flight.
+        world.s.requests.append(Request(200.0, 2000.0, started=world.t))
         world.s.hung = True
         world.s.hang_util = 100.0
         world.s.hang_cpu = 100.0

@@ -83,7 +83,7 @@ def build_report(state_dir: str | Path, since: float | None) -> list[dict[str, A
     if not path.exists():
         raise ReportError(f"{path}: no state database (has the daemon run with this state_dir?)")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise ReportError(f"{path}: cannot open ({exc})") from None
     try:
