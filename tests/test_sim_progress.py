@@ -5,6 +5,7 @@ SimNvml, and each server's log line for a prompt longer than its context."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -14,8 +15,10 @@ from tests.simulator import sim_factory  # noqa: F401 - the fixture
 from tests.support import wait_for
 from tests.test_adapters_sim import Probes, start
 from watchdog.detect.truncation import parse_cut
+from watchdog.probes.gpu import GpuProbe
 from watchdog.probes.logpatterns import classify_line
 from watchdog.sim.gpu import SLOW_CAUSES
+from watchdog.sim.nvml import SimNvml
 
 
 @pytest.mark.parametrize("kind", ["vllm", "llamacpp"])
@@ -83,3 +86,24 @@ def test_a_prompt_longer_than_the_context_is_logged_as_each_server_does(
     assert classify_line(line) in ("prompt_truncated", "context_exceeded")
     cut = parse_cut(line)
     assert cut is not None and cut.context and cut.prompt and cut.prompt > cut.context
+
+
+async def test_the_gpu_probe_puts_the_slowdown_reason_and_sm_clock_in_its_samples(
+        sim_factory: Any) -> None:  # noqa: F811
+    sim = start(sim_factory, "llamacpp")
+    sim.inject("slow", factor=0.5, cause="power_brake")
+    probe = GpuProbe(SimNvml(sim.gpu_dir), time.monotonic, lambda record: None)
+    try:
+        async def sample() -> Any:
+            samples = await probe.round()
+            return samples[0] if samples and "hw_power_brake" in samples[0].extra.get("throttle", []) else None
+
+        deadline = time.monotonic() + 5
+        found = None
+        while found is None and time.monotonic() < deadline:
+            found = await sample()
+            await asyncio.sleep(0.1)
+        assert found is not None, "no sample with the power brake reason"
+        assert found.extra["sm_clock_mhz"] < found.extra["sm_clock_max_mhz"] / 2
+    finally:
+        probe.close()
