@@ -161,7 +161,7 @@ async def test_a_database_from_a_newer_version_is_kept_and_history_runs_in_memor
     from watchdog.incidents.schema import MIGRATIONS, Migration
     from watchdog.incidents.store import IncidentStore
 
-    IncidentStore(tmp_path / "state.db", migrations=(*MIGRATIONS, Migration(2, "future", ()))).close()
+    IncidentStore(tmp_path / "state.db", migrations=(*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "future", ()))).close()
     before = (tmp_path / "state.db").read_bytes()
     incidents = Incidents(tmp_path, clock=FakeClock(), header=HEADER)
     await incidents.start()
