@@ -68,3 +68,31 @@ def test_step_and_prompt_counters_are_read_from_real_metric_names():
     assert vllm["steps_total"] == 1234.0 and vllm["prompt_tokens_total"] == 5000.0
     llama = parse_llamacpp_metrics("llamacpp:n_decode_total 77\nllamacpp:prompt_tokens_total 512\n")
     assert llama["decodes"] == 77 and llama["prompt"] == 512
+
+
+def test_short_canaries_do_not_clear_a_slowdown_the_counter_found_a_long_one_does():
+    from watchdog.trace.records import Canary
+
+    scenario = SCENARIOS["busy_slow"](1)
+    engine = DetectionEngine.for_header(scenario.header)
+    target = scenario.header.targets[0].name
+    raised_at = None
+    for record in scenario.records:
+        if any(f.finding == "degraded" and f.state == "raised" for f in engine.feed(record)):
+            raised_at = record.t
+            break
+    assert raised_at is not None
+    view = engine.target_view(target)
+    model = next(iter(view.models))
+    t = raised_at + 1
+    engine.feed(ServerPoll(t=t, target=target, state="ready", models=[LoadedModel(model)], running=0, waiting=0,
+                           gen_tokens_total=view.tokens))
+    changes = []
+    for i in range(5):  # quiet moments, 4-token canaries at the usual speed: they say little about decode
+        start = t + 2 + 10 * i
+        changes += engine.feed(Canary(t=start + 0.3, target=target, model=model, ok=True, started=start,
+                                      ttft_s=0.15, tokens=4, tokens_per_s=40.0))
+    assert not [f for f in changes if f.finding == "degraded"]
+    cleared = engine.feed(Canary(t=t + 60, target=target, model=model, ok=True, started=t + 59, ttft_s=0.15,
+                                 tokens=32, tokens_per_s=40.0))
+    assert [f.state for f in cleared if f.finding == "degraded"] == ["cleared"]

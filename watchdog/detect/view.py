@@ -207,7 +207,8 @@ class TargetView:
     def _update_rate(self, poll: ServerPoll) -> None:
         """A speed sample (tokens/s at a load) from two polls that both saw requests running."""
         tokens, running = poll.gen_tokens_total, poll.running
-        if poll.state != "ready" or tokens is None or running is None:
+        live = (poll.extra or {}).get("gen_tokens_live", True)  # llama.cpp without /slots: only at the end
+        if poll.state != "ready" or tokens is None or running is None or live is False:
             self._rate_from = None
             return
         previous, self._rate_from = self._rate_from, (poll.t, tokens, running)
