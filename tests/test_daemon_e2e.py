@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import signal
 import time
 from pathlib import Path
@@ -121,6 +123,12 @@ def test_sigkill_mid_incident_keeps_it_across_a_restart(tmp_path: Path, sim_fact
         replayed = ctl(config, "replay", str(trace))
         assert replayed.returncode == 0
         assert '"finding": "hang"' in replayed.stdout
+        # The reliability report, read from the state directory while the daemon runs.
+        report = ctl(config, "report", "--json")
+        assert report.returncode == 0, report.stderr
+        rows = {(r["target"], r["model"]): r for r in json.loads(report.stdout)["rows"]}
+        row = rows[("ollama", sim.model)]
+        assert row["hangs"] == 1 and row["canaries_sent"] >= 2 and row["canaries_failed"] >= 2
     finally:
         sim.inject("recover")
         assert daemon.stop() == 0

@@ -344,7 +344,7 @@ class IncidentManager:
         """Append records to the recordings that are running; then let time pass to the last one."""
         if not records:
             return []
-        self._count_canaries(records)
+        self.count_canaries(records)
         events: list[IncidentEvent] = []
         for target, live in list(self._open.items()):
             if live.recording is None:
@@ -363,18 +363,19 @@ class IncidentManager:
             events.extend(self.tick(last))
         return events
 
-    def _count_canaries(self, records: Sequence[Record]) -> None:
+    def count_canaries(self, records: Sequence[Record]) -> list[IncidentEvent]:
         """Canaries sent and failed, for ``watchdogctl report``; kept for the next batch if the store fails."""
         merge(self._canary_counts, count_canaries(records, self.wall_start))
         if not self._canary_counts:
-            return
+            return []
         try:
             self.store.add_canary_counts(self._canary_counts)
         except sqlite3.Error as exc:
             self._problem("canary-counts", f"state store: cannot count canaries ({exc}); kept in memory")
-            return
+            return []
         self._canary_counts = {}
         self._fine("canary-counts")
+        return []
 
     def _append(self, recording: RecordingFile, records: Sequence[Record], key: str) -> None:
         try:
