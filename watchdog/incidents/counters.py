@@ -3,7 +3,7 @@
 Incidents say what went wrong; these counts say out of how much work, so a
 report can give a hang rate per 100 canaries. Kept apart from the incident
 tables (``canary_counts``, schema migration 2), fed with the canary records the
-incident manager already sees, written once per batch of records.
+incident manager already sees, written once a minute and at a clean stop.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from watchdog.trace.records import Canary, Record
 
 HOUR_S = 3600.0
+#: How often the counts are written (trace seconds); a clean stop writes what is pending.
+COUNTS_FLUSH_S = 60.0
 Counts = dict[tuple[str, str, float], tuple[int, int]]
 
 
