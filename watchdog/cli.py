@@ -251,6 +251,41 @@ def history_command(obj: Context, incident_id: int | None, since: str | None, li
         render_history(incidents)
 
 
+@cli.command("report")
+@click.option("--since", metavar="7d|ISO", default="7d", show_default=True,
+              help='Incidents opened and canaries sent since then: a duration ("24h", "30d") or a time.')
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--state-dir", metavar="DIR", default=None, help="Read this state directory (default: the config's).")
+@pass_ctx
+def report_command(obj: Context, since: str, as_json: bool, state_dir: str | None) -> None:
+    """Reliability per target and model: canaries, hangs, restarts, unloads, OOMs, truncations, timings.
+
+    Reads the state directory directly (the daemon need not run). Exit codes: 0 shown; 1 the state
+    directory cannot be read; 2 bad arguments.
+    """
+    import json
+    import time
+
+    from watchdog.commands.report import ReportError, build_report, render_report
+    from watchdog.control.params import parse_since
+
+    try:
+        start = parse_since(since, time.time())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    if state_dir is None:
+        state_dir = obj.load().watchdog.state_dir
+    try:
+        report = build_report(state_dir, start)
+    except ReportError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"since": start, "rows": report}, indent=2, ensure_ascii=False))
+    else:
+        render_report(report, f"since {since}")
+
+
 def _write_trace(client: Any, incident_id: int, output: str | None) -> None:
     if output is None or output == "-":
         client.trace(incident_id, sys.stdout.buffer)

@@ -39,6 +39,7 @@ FINDINGS = (
     "oom",
     "degraded",
     "gpu_fault",
+    "truncation",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -159,6 +160,7 @@ class DetectSettings(Section):
 
     stall_after: Positive = 15.0
     busy_stall_after: Positive = 300.0
+    step_stall_after: Positive = 45.0
     canary_failures: int = Field(default=2, ge=1, le=10)
     idle_util_percent: Percent = 10.0
     busy_cpu_percent: float = Field(default=50.0, ge=0)
@@ -171,7 +173,10 @@ class DetectSettings(Section):
     growth_window: Positive = 120.0
     degraded_factor: float = Field(default=4.0, gt=1)
     degraded_canaries: int = Field(default=3, ge=1)
+    degraded_cause_factor: float = Field(default=2.0, gt=1)
+    degraded_window: Positive = 120.0
     oom_clear_after: Duration = 600.0
+    truncation_clear_after: Duration = 3600.0
     ignore_xids: list[int] = Field(default_factory=list)
 
 
@@ -180,6 +185,7 @@ class DetectOverrides(Section):
 
     stall_after: Positive | None = None
     busy_stall_after: Positive | None = None
+    step_stall_after: Positive | None = None
     canary_failures: int | None = Field(default=None, ge=1, le=10)
     idle_util_percent: Percent | None = None
     busy_cpu_percent: float | None = Field(default=None, ge=0)
@@ -192,7 +198,10 @@ class DetectOverrides(Section):
     growth_window: Positive | None = None
     degraded_factor: float | None = Field(default=None, gt=1)
     degraded_canaries: int | None = Field(default=None, ge=1)
+    degraded_cause_factor: float | None = Field(default=None, gt=1)
+    degraded_window: Positive | None = None
     oom_clear_after: Duration | None = None
+    truncation_clear_after: Duration | None = None
     ignore_xids: list[int] | None = None
 
     def apply_to(self, base: DetectSettings) -> DetectSettings:

@@ -19,6 +19,7 @@ from watchdog.detect.hang import HangDetector
 from watchdog.detect.memory import MemoryGrowthDetector
 from watchdog.detect.oom import FragmentationDetector, OomDetector
 from watchdog.detect.profile import TargetProfile
+from watchdog.detect.truncation import TruncationDetector
 from watchdog.detect.unload import UnloadDetector
 from watchdog.detect.view import TargetView
 from watchdog.trace.records import (
@@ -40,6 +41,7 @@ DETECTORS: tuple[type[TargetDetector], ...] = (
     FragmentationDetector,
     OomDetector,
     DegradedDetector,
+    TruncationDetector,
 )
 
 
@@ -133,6 +135,9 @@ class DetectionEngine:
         for detector in target.for_record(record):
             verdict = detector.observe(record)
             if verdict is not None:
+                if verdict.raise_ and "model" not in verdict.evidence and target.view.models:
+                    # Which model was served, for incidents and `watchdogctl report`.
+                    verdict.evidence["model"] = ", ".join(sorted(target.view.models))
                 finding = self._apply(name, detector.finding, verdict)
                 if finding is not None:
                     detector.active = verdict.raise_
