@@ -5,6 +5,7 @@ from __future__ import annotations
 from tests.scenarios.catalog import SCENARIOS, truncation_line
 from watchdog.commands.replay import replay_trace
 from watchdog.detect.engine import DetectionEngine
+from watchdog.detect.factory import make_engine
 from watchdog.detect.profile import TargetProfile
 from watchdog.detect.truncation import kv_mib_per_token, parse_cut, suggested_context
 from watchdog.probes.llamacpp import parse_llamacpp_metrics
@@ -74,7 +75,7 @@ def test_short_canaries_do_not_clear_a_slowdown_the_counter_found_a_long_one_doe
     from watchdog.trace.records import Canary
 
     scenario = SCENARIOS["busy_slow"](1)
-    engine = DetectionEngine.for_header(scenario.header)
+    engine = make_engine(header=scenario.header)
     target = scenario.header.targets[0].name
     raised_at = None
     for record in scenario.records:
@@ -82,7 +83,7 @@ def test_short_canaries_do_not_clear_a_slowdown_the_counter_found_a_long_one_doe
             raised_at = record.t
             break
     assert raised_at is not None
-    view = engine.target_view(target)
+    view = engine.targets[target].view
     model = next(iter(view.models))
     t = raised_at + 1
     engine.feed(ServerPoll(t=t, target=target, state="ready", models=[LoadedModel(model)], running=0, waiting=0,
