@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from watchdog.detect.finding import Finding
 from watchdog.incidents.model import Incident, IncidentEvent, TimelineEntry
 from watchdog.status import LatestRecords, build_status
 from watchdog.status.model import StatusSnapshot
-from watchdog.trace.records import Canary, GpuDevice, GpuProc, GpuSample, Header, ServerPoll, TraceTarget, Xid
+from watchdog.trace.records import (
+    Canary,
+    GpuDevice,
+    GpuProc,
+    GpuSample,
+    Header,
+    ServerPoll,
+    TraceTarget,
+    Xid,
+)
 
 WALL_START = 1_800_000_000.0
 HEADER = Header(
@@ -45,7 +54,7 @@ def snapshot(latest: LatestRecords | None = None, findings: list[Finding] | None
     )
 
 
-AT = datetime(2027, 1, 15, 8, 0, tzinfo=timezone.utc)
+AT = datetime(2027, 1, 15, 8, 0, tzinfo=UTC)
 INCIDENT = Incident(id=7, target="vllm", state="open", severity="critical", title="vllm: hang", opened_at=AT)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -189,11 +189,11 @@ def test_imdsv2_gives_the_instance_id(monkeypatch: pytest.MonkeyPatch) -> None:
     from watchdog.metrics.host import resolve_host
 
     class Imds(BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:  # noqa: N802
+        def do_PUT(self) -> None:
             ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
             self._answer(200 if ok else 400, "tok")
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.headers.get("X-aws-ec2-metadata-token") != "tok":
                 self._answer(401, "")
             else:
@@ -227,4 +227,4 @@ def test_imdsv2_gives_the_instance_id(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_generated_at_is_the_timestamp() -> None:
     metrics = build_metrics(snapshot())
-    assert metrics.at == datetime.fromtimestamp(1_800_000_100.0, tz=timezone.utc)
+    assert metrics.at == datetime.fromtimestamp(1_800_000_100.0, tz=UTC)

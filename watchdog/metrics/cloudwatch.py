@@ -165,8 +165,8 @@ class CloudWatchExporter:
             self.dropped += overflow
             if not self._dropping:
                 self._dropping = True
-                _log.warning(f"cloudwatch: buffer full ({self.buffer.maxlen} datapoints) while sends fail; "
-                             "dropping the oldest (counted) until CloudWatch takes them again")
+                _log.warning(f"cloudwatch: buffer full ({self.buffer.maxlen} datapoints); dropping the oldest "
+                             "(counted) until CloudWatch takes them again")
         self.buffer.extend(datums)
 
     async def flush(self) -> None:
@@ -211,6 +211,9 @@ class CloudWatchExporter:
                        "dropped, not retried")
             return "rejected"
         except (BotoCoreError, OSError) as exc:  # unreachable endpoint, no credentials yet, timeouts
+            self._failing_now(f"{type(exc).__name__}: {exc}")
+            return "retry"
+        except Exception as exc:  # noqa: BLE001 - a garbled answer (a proxy's error page): keep and retry
             self._failing_now(f"{type(exc).__name__}: {exc}")
             return "retry"
         self.calls += 1
