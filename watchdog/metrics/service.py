@@ -25,6 +25,10 @@ _log = logger.bind(component="metrics")
 
 
 class MetricsService:
+    """A daemon component (``watchdog.listener.Component``): start, reload, stop."""
+
+    name = "metrics"
+
     def __init__(
         self,
         config: Config,
@@ -116,3 +120,8 @@ class MetricsService:
                 await exporter.stop()
             except Exception as exc:  # noqa: BLE001
                 _log.warning(f"{name}: stop failed: {exc!r}")
+
+
+def make_metrics(hub: Any) -> MetricsService:
+    """The daemon builder's factory (``watchdog.listener.ListenerFactory``): metrics from the hub's status."""
+    return MetricsService(hub.config, hub.status, hub.incidents.bus)
