@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -20,6 +20,9 @@ from watchdog.metrics.actions import ActionCounter
 from watchdog.metrics.host import HostIdentity, resolve_host
 from watchdog.metrics.snapshot import MetricsSnapshot, build_metrics
 from watchdog.status.model import StatusSnapshot
+
+if TYPE_CHECKING:
+    from watchdog.listener import Hub
 
 _log = logger.bind(component="metrics")
 
@@ -122,6 +125,6 @@ class MetricsService:
                 _log.warning(f"{name}: stop failed: {exc!r}")
 
 
-def make_metrics(hub: Any) -> MetricsService:
-    """The daemon builder's factory (``watchdog.listener.ListenerFactory``): metrics from the hub's status."""
+def make_metrics(hub: Hub) -> MetricsService:
+    """The daemon builder's factory (a ``watchdog.listener.ListenerFactory``): metrics from the hub's status."""
     return MetricsService(hub.config, hub.status, hub.incidents.bus)
