@@ -228,3 +228,14 @@ def test_imdsv2_gives_the_instance_id(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_generated_at_is_the_timestamp() -> None:
     metrics = build_metrics(snapshot())
     assert metrics.at == datetime.fromtimestamp(1_800_000_100.0, tz=UTC)
+
+
+def test_the_readme_lists_every_metric() -> None:
+    from tests.paths import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Metrics"):readme.index("## What the watchdog observes")]
+    for metric in METRICS:
+        row = next((line for line in section.splitlines() if line.startswith(f"| `{metric.name}` |")), None)
+        assert row is not None, metric.name
+        assert metric.unit in row and f"`{metric.prom_name}" in row, row
