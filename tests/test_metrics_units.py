@@ -239,3 +239,34 @@ def test_the_readme_lists_every_metric() -> None:
         row = next((line for line in section.splitlines() if line.startswith(f"| `{metric.name}` |")), None)
         assert row is not None, metric.name
         assert metric.unit in row and f"`{metric.prom_name}" in row, row
+
+
+async def test_emf_writer_appends_lines_and_logs_an_unwritable_file_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from loguru import logger
+
+    from watchdog.config.model import EmfSettings
+    from watchdog.metrics.emf import EmfWriter
+
+    async def snap():  # type: ignore[no-untyped-def]
+        return build_metrics(snapshot(), host="nas-1")
+
+    path = tmp_path / "emf" / "m.jsonl"
+    writer = EmfWriter(EmfSettings(enabled=True, path=str(path)), "nas-1", snap)
+    await writer.write_once()
+    await writer.write_once()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 8  # two rounds of 2 targets + 2 GPUs
+    gpu1 = [d for d in lines if d.get("GPU") == "1"]
+    assert [d["XidErrors"] for d in gpu1] == [2.0, 0.0]  # a delta per line, not the running count
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="INFO")
+    try:
+        blocked = tmp_path / "file"
+        blocked.write_text("")
+        broken = EmfWriter(EmfSettings(enabled=True, path=str(blocked / "m.jsonl")), "nas-1", snap)
+        for _ in range(3):
+            await broken.write_once()
+    finally:
+        logger.remove(sink)
+    assert sum("emf: cannot write" in m for m in messages) == 1
