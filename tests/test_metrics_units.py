@@ -72,12 +72,14 @@ def test_action_counter_counts_only_actions_carried_out() -> None:
         note("ollama", {"action": "unload", "result": "skipped"}),
         note("ollama", {"action": "unload"}),  # a "started" line without a result
         note("ollama", {"action": "unload", "result": "timeout"}),
+        note("ollama", {"action": "restart", "result": "interrupted"}),  # the previous run's, noted at start
+        note("ollama", {"action": "kill_orphans", "result": "ok"}),
         note("ollama", {"alert": "slack", "result": "ok"}),  # an alert's note, not an action
         note("ollama", {"action": "restart", "result": "ok"}, kind="raised"),
     ])
     assert counter.count("ollama", "restart") == 2
     assert counter.count("ollama", "unload") == 1
-    assert counter.snapshot() == {"ollama": {"restart": 2, "unload": 1}}
+    assert counter.snapshot() == {"ollama": {"restart": 2, "unload": 1, "kill_orphans": 1}}
 
 
 def test_counters_become_per_interval_deltas() -> None:

@@ -3,7 +3,10 @@
 The act package writes what it did into the incident's timeline with
 ``Incidents.note()``, evidence ``{"action": "restart" | "unload" | "kill", "result": ...}``.
 This listener counts those notes per target; a dry-run's ``would`` and a ``skipped``
-action did nothing, so they do not count, nor does a note without a result (a "started" line).
+action did nothing, so they do not count, nor does a note without a result (a "started"
+line), nor an ``interrupted`` one (an action of the previous run, noted again at start).
+Only actions noted in an incident's timeline are seen: a manual action on a target with
+no open incident is not counted.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections import Counter
 
 from watchdog.incidents.model import IncidentEvent
 
-NOT_CARRIED_OUT = frozenset({"would", "skipped"})
+NOT_CARRIED_OUT = frozenset({"would", "skipped", "interrupted"})
 
 
 class ActionCounter:
