@@ -45,6 +45,15 @@ def test_snapshot_turns_targets_and_gpus_into_metrics() -> None:
     assert build_metrics(snapshot(), host="i-0abc", outbox_depth=3).value(M["AlertOutboxDepth"]) == 3.0
 
 
+def test_outbox_depth_is_summed_from_the_alert_sinks_in_status() -> None:
+    from types import SimpleNamespace
+
+    status = snapshot().model_copy(update={"alerts": [SimpleNamespace(name="slack", pending=2),
+                                                      SimpleNamespace(name="mail", pending=1)]})
+    assert build_metrics(status).value(M["AlertOutboxDepth"]) == 3.0
+    assert build_metrics(snapshot().model_copy(update={"alerts": []})).value(M["AlertOutboxDepth"]) is None
+
+
 def test_unobserved_values_are_left_out_not_zero() -> None:
     latest = records()
     latest.gpus.clear()

@@ -80,7 +80,8 @@ def build_metrics(
     host: str | None = None,
     outbox_depth: int | None = None,
 ) -> MetricsSnapshot:
-    """The metrics of one status snapshot; ``actions``: counts by target and action (restart, unload)."""
+    """The metrics of one status snapshot; ``actions``: counts by target and action (restart, unload);
+    ``outbox_depth``: alerts not yet delivered (default: summed from the snapshot's alert sinks)."""
     actions = actions or {}
     samples: list[Sample] = []
 
@@ -110,6 +111,11 @@ def build_metrics(
         add(GPU_TEMP, g.temp_c, gpu=g.index)
         add(GPU_POWER, g.power_w, gpu=g.index)
         add(XID_ERRORS, g.xid_errors, gpu=g.index)
+    if outbox_depth is None:
+        # Alert sinks with their outbox depth (``status.alerts``, from the notify package) when configured.
+        sinks = getattr(status, "alerts", None)
+        if sinks:
+            outbox_depth = sum(int(getattr(sink, "pending", 0) or 0) for sink in sinks)
     add(OUTBOX, outbox_depth)
     return MetricsSnapshot(host=host or status.daemon.host, at=status.generated_at, samples=tuple(samples))
 
