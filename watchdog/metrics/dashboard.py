@@ -7,7 +7,7 @@ hosts share one dashboard: every widget draws a line per host and target (or GPU
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +87,7 @@ class AlarmSpec:
     namespace: str
     hosts: Sequence[str]
     targets: Sequence[str]
-    gpus: dict[str, Sequence[int]]  # by host
+    gpus: Mapping[str, Sequence[int]]  # by host
     period: int = 60
     unhealthy_periods: int = 3
     memory_percent: float = 95.0
