@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon_support import DaemonProcess, status_json, write_config
+from tests.daemon_support import DaemonProcess, ctl, status_json, write_config
 from tests.infra.moto_server import MotoServer, moto_server  # noqa: F401 - fixture
 from tests.infra.system import free_port
 from tests.simulator import sim_factory  # noqa: F401 - fixture
@@ -108,3 +109,26 @@ def test_the_running_daemon_exports_to_prometheus_cloudwatch_and_emf(tmp_path: P
     assert code == 0, daemon.log_text()[-3000:]
     log = daemon.log_text()
     assert "prometheus: serving /metrics" in log and "cloudwatch: putting metrics" in log
+
+
+def test_a_reload_moves_the_prometheus_endpoint(tmp_path: Path, sim_factory) -> None:  # noqa: F811
+    sim = sim_factory("ollama", gpu_dir=tmp_path / "gpu")
+    old, new = free_port(), free_port()
+    target = {"name": "ollama", "kind": "ollama", "url": sim.url, "canary": dict(FAST_CANARY)}
+    extra = f'[metrics.prometheus]\nenabled = true\nlisten = "127.0.0.1:{old}"\n'
+    config = write_config(tmp_path / "w.toml", tmp_path, [target], gpu_dir=tmp_path / "gpu", extra=extra)
+    daemon = DaemonProcess(config, tmp_path)
+    try:
+        wait_for(lambda: (s := status_json(config)) and s["daemon"]["ready"], 60, "the daemon to be ready")
+        wait_for(lambda: ("inference_watchdog_target_healthy", (("target", "ollama"),)) in scrape(old), 30,
+                 "metrics on the first port")
+        config.write_text(config.read_text().replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}"))
+        result = ctl(config, "reload")
+        assert result.returncode == 0, result.stdout + result.stderr
+        wait_for(lambda: ("inference_watchdog_target_healthy", (("target", "ollama"),)) in scrape(new), 30,
+                 "metrics on the new port")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{old}/metrics", timeout=5)
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.log_text()[-3000:]
