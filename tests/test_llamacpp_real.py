@@ -150,15 +150,19 @@ def test_sigstop_is_a_hang_and_sigcont_clears_it(tmp_path: Path, llama_server: L
     try:
         wait_for(lambda: passing_canary(config), 60, "a passing canary")
         llama_server.pause()
+        stopped_at = time.monotonic()
         # The kernel still accepts connections; nothing answers.
         with pytest.raises(httpx.TimeoutException):
             httpx.get(f"{llama_server.url}/health", timeout=2)
         hung = wait_for(lambda: raised(config, "hang"), 90, "hang raised on the stopped server")
+        took = time.monotonic() - stopped_at
         assert hung["state"] == "critical"
         assert not any(f["finding"] == "down" for f in hung["findings"]), hung["findings"]
         assert ctl(config, "status").returncode == 2
         entries = raised_entries(config, "hang")
         assert entries, incidents(config)
+        print(f"hang raised {took:.1f} s after SIGSTOP ({entries[0]['evidence'].get('rule')}): "
+              f"{entries[0]['summary']}")
         llama_server.resume()
         wait_for(lambda: (t := target_status(config)) and not t["findings"], 60, "the hang to clear after SIGCONT")
         assert passing_canary(config, newer_than_s=30)
@@ -195,10 +199,13 @@ def test_killed_server_is_down(tmp_path: Path, llama_server: LlamaServer) -> Non
     try:
         wait_for(lambda: passing_canary(config), 60, "a passing canary")
         llama_server.kill()
+        killed_at = time.monotonic()
         down = wait_for(lambda: raised(config, "down"), 90, "down raised on the killed server")
+        took = time.monotonic() - killed_at
         assert down["state"] == "critical"
         assert not any(f["finding"] == "hang" for f in down["findings"]), down["findings"]
-        assert raised_entries(config, "down")
+        entry = raised_entries(config, "down")[0]
+        print(f"down raised {took:.1f} s after SIGKILL ({entry['evidence'].get('rule')}): {entry['summary']}")
         # Started again by hand (on the same port), it recovers.
         llama_server.start(wait=True)
         wait_for(lambda: (t := target_status(config)) and not t["findings"], 90, "down to clear")
@@ -220,9 +227,9 @@ def test_discover_finds_it_and_its_config_works(tmp_path: Path, llama_server: Ll
     assert checked.returncode == 0, checked.stdout + checked.stderr
     # It works: the same config with the daemon's paths moved into the test's folder
     # watches the server, and its canary passes.
-    text = found.stdout.replace("[watchdog]", f'[watchdog]\nstate_dir = "{tmp_path / "state"}"\n'
-                                              f'control_socket = "{tmp_path / "control.sock"}"', 1)
-    config.write_text(text)
+    assert "[watchdog]" not in found.stdout  # the paths below would be a second table
+    config.write_text(f'[watchdog]\nstate_dir = "{tmp_path / "state"}"\n'
+                      f'control_socket = "{tmp_path / "control.sock"}"\n{found.stdout}')
     daemon = DaemonProcess(config, tmp_path)
     try:
         target = wait_for(lambda: passing_canary(config), 90, "a passing canary with the discovered config")
