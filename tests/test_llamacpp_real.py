@@ -123,10 +123,11 @@ def test_idle_then_concurrent_streams_raise_nothing(tmp_path: Path, llama_server
         assert idle is not None, target_status(config)
         assert idle["server"]["state"] == "ready" and idle["models"], idle
 
-        # Then four concurrent streams on two slots: two generate, two wait their turn.
+        # Then six concurrent streams of 900 tokens (a slot holds 1024) on two slots: two
+        # generate while four wait their turn, for half a minute or so.
         busy: list[dict[str, Any]] = []
-        with ThreadPoolExecutor(4) as pool:
-            streams = [pool.submit(stream_tokens, llama_server.url, i, 300) for i in range(4)]
+        with ThreadPoolExecutor(6) as pool:
+            streams = [pool.submit(stream_tokens, llama_server.url, i, 900) for i in range(6)]
             while not all(s.done() for s in streams):
                 target = target_status(config)
                 assert target is not None and not target["findings"], target
@@ -134,9 +135,12 @@ def test_idle_then_concurrent_streams_raise_nothing(tmp_path: Path, llama_server
                     busy.append(target["server"])
                 time.sleep(0.5)
             counts = [s.result() for s in streams]
-        assert all(count > 50 for count in counts), counts
+        assert all(count > 100 for count in counts), counts
         assert busy, "the daemon never saw a request running (from /slots and /metrics)"
         assert max(s["running"] for s in busy) == 2, busy  # -np 2: two slots busy at once
+        assert max(s["waiting"] or 0 for s in busy) >= 1, busy  # llamacpp:requests_deferred
+        print(f"traffic: {counts} chunks per stream; the daemon saw running/waiting "
+              f"{sorted({(s['running'], s['waiting']) for s in busy})} in {len(busy)} status reads")
         # A canary after the traffic passes, and nothing was ever raised.
         wait_for(lambda: passing_canary(config, newer_than_s=4), 60, "a passing canary after the traffic")
         assert incidents(config) == []
