@@ -123,11 +123,11 @@ def test_idle_then_concurrent_streams_raise_nothing(tmp_path: Path, llama_server
         assert idle is not None, target_status(config)
         assert idle["server"]["state"] == "ready" and idle["models"], idle
 
-        # Then six concurrent streams of 900 tokens (a slot holds 1024) on two slots: two
-        # generate while four wait their turn, for half a minute or so.
+        # Then six concurrent streams of 500 tokens on two slots: two generate while four
+        # wait their turn, for half a minute or so.
         busy: list[dict[str, Any]] = []
         with ThreadPoolExecutor(6) as pool:
-            streams = [pool.submit(stream_tokens, llama_server.url, i, 900) for i in range(6)]
+            streams = [pool.submit(stream_tokens, llama_server.url, i, 500) for i in range(6)]
             while not all(s.done() for s in streams):
                 target = target_status(config)
                 assert target is not None and not target["findings"], target
@@ -240,3 +240,14 @@ def test_discover_finds_it_and_its_config_works(tmp_path: Path, llama_server: Ll
         assert target["kind"] == "llamacpp" and target["state"] == "ok", target
     finally:
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def test_restart_command_restarts_a_stopped_server_on_the_same_port(llama_server: LlamaServer) -> None:
+    # What restart.method = "command" will run once the watchdog acts: here run by hand.
+    old_pid = llama_server.pid
+    llama_server.pause()
+    done = subprocess.run(llama_server.restart_command, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == f"ok {llama_server.pid}" and llama_server.pid != old_pid, done.stdout
+    assert httpx.get(f"{llama_server.url}/health", timeout=10).json() == {"status": "ok"}
+    assert not Path(f"/proc/{old_pid}").exists()  # killed and reaped, not left a zombie
