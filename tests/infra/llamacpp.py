@@ -2,7 +2,8 @@
 
 The binary is built once per machine by ``scripts/build_llama_server.sh`` (``.ci/run``
 calls it before the tests; about 12 minutes on 2 cores) into
-``/tmp/iw-test-cache/llama-server-<version>/bin/``. This fixture never builds it:
+``/tmp/iw-test-cache/llama-server-<version>/bin/`` (``$IW_LLAMA_SERVER`` names another
+binary, its shared libraries beside it). This fixture never builds it:
 under ``CI=true`` a missing binary fails the test, locally it skips with the command
 to run.
 
