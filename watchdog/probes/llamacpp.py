@@ -26,17 +26,19 @@ DEFERRED = "llamacpp:requests_deferred"
 PREDICTED = "llamacpp:tokens_predicted_total"
 KV_RATIO = "llamacpp:kv_cache_usage_ratio"
 DECODES = "llamacpp:n_decode_total"
+PROMPT = "llamacpp:prompt_tokens_total"
 _ABSENT = (404, 501)
 
 
 def parse_llamacpp_metrics(text: str) -> dict[str, float | None]:
-    sums = parse_sums(text, (PROCESSING, DEFERRED, PREDICTED, KV_RATIO, DECODES))
+    sums = parse_sums(text, (PROCESSING, DEFERRED, PREDICTED, KV_RATIO, DECODES, PROMPT))
     return {
         "processing": first_of(sums, PROCESSING),
         "deferred": first_of(sums, DEFERRED),
         "predicted": first_of(sums, PREDICTED),
         "kv": first_of(sums, KV_RATIO),
         "decodes": first_of(sums, DECODES),
+        "prompt": first_of(sums, PROMPT),
     }
 
 
@@ -104,7 +106,9 @@ class LlamaCppAdapter(ServerAdapter):
             parts.running = _count(metrics["processing"])
             parts.kv_cache_usage = metrics["kv"]
             if metrics["decodes"] is not None:
-                parts.extra["decode_calls_total"] = metrics["decodes"]
+                parts.extra["steps_total"] = metrics["decodes"]  # one llama_decode() per batch: engine steps
+            if metrics["prompt"] is not None:
+                parts.extra["prompt_tokens_total"] = metrics["prompt"]
         if slots is not None:
             parts.running = slots[0]
         predicted = metrics["predicted"] if metrics is not None else None

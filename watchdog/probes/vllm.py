@@ -21,13 +21,19 @@ RUNNING = ("vllm:num_requests_running",)
 WAITING = ("vllm:num_requests_waiting",)
 GENERATED = ("vllm:generation_tokens_total", "vllm:generation_tokens")
 KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+PROMPT = ("vllm:prompt_tokens_total", "vllm:prompt_tokens")
+#: The histogram of tokens per engine step: its _count is observed once per step that produced
+#: output (vLLM v1 skips steps that only computed a chunk of a prompt), so it counts engine steps.
+STEPS = ("vllm:iteration_tokens_total_count",)
 
 
 def parse_vllm_metrics(text: str) -> dict[str, float | None]:
     """running, waiting, gen_tokens_total and kv_cache_usage from vLLM's /metrics text."""
-    sums = parse_sums(text, RUNNING + WAITING + GENERATED + KV_CACHE)
+    sums = parse_sums(text, RUNNING + WAITING + GENERATED + KV_CACHE + PROMPT + STEPS)
     kv = first_of(sums, *KV_CACHE)
     return {
+        "steps_total": first_of(sums, *STEPS),
+        "prompt_tokens_total": first_of(sums, *PROMPT),
         "running": first_of(sums, *RUNNING),
         "waiting": first_of(sums, *WAITING),
         "gen_tokens_total": first_of(sums, *GENERATED),
@@ -64,6 +70,9 @@ class VllmAdapter(ServerAdapter):
         parts.waiting = _count(values["waiting"])
         parts.gen_tokens_total = values["gen_tokens_total"]
         parts.kv_cache_usage = values["kv_cache_usage"]
+        for key in ("steps_total", "prompt_tokens_total"):
+            if values[key] is not None:
+                parts.extra[key] = values[key]
         return parts
 
     def canary_requests(self, choice: CanaryChoice, prompt: str, max_tokens: int) -> list[CanaryRequest]:
