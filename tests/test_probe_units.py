@@ -40,7 +40,8 @@ vllm:time_to_first_token_seconds_bucket{le="+Inf",model_name="m"} 3.0
 
 def test_vllm_metrics_are_summed_over_engines_and_old_names_are_read() -> None:
     values = parse_vllm_metrics(VLLM_METRICS)
-    assert values == {"running": 3.0, "waiting": 5.0, "gen_tokens_total": 1234.0, "kv_cache_usage": 0.25}
+    assert values == {"running": 3.0, "waiting": 5.0, "gen_tokens_total": 1234.0, "kv_cache_usage": 0.25,
+                      "steps_total": None, "prompt_tokens_total": None}
 
 
 def test_new_kv_cache_name_wins_over_the_deprecated_one() -> None:
@@ -57,6 +58,7 @@ def test_garbage_is_not_read_as_metrics(body: str) -> None:
 def test_absent_metrics_are_left_out_not_zero() -> None:
     assert parse_vllm_metrics("# nothing here\n") == {
         "running": None, "waiting": None, "gen_tokens_total": None, "kv_cache_usage": None,
+        "steps_total": None, "prompt_tokens_total": None,
     }
 
 
