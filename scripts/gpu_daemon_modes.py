@@ -225,7 +225,7 @@ mode = "observe"
         phases = [(t(p.wall), p.name) for p in self.phases]
         checks = extra_checks(expect | {"header": trace.header, "records": trace.records}) if extra_checks else []
         live = []
-        for item, phase_item in zip(expect_items, self.expect):
+        for phase_item in self.expect:
             raised = phase_item.get("_live_raised")
             live.append(round(raised - phase_item["onset"], 1) if raised else None)
         result.update({
@@ -250,7 +250,7 @@ mode = "observe"
         lines = [f"### `{self.name}`", "", "| t (s) | phase | " + " | ".join(
             f"GPU {g} util median / max | GPU {g} memory of the target" for g in gpus) + " | canaries ok / sent |",
             "| --- | --- | " + " | ".join("--- | ---" for _ in gpus) + " | --- |"]
-        for (start, name), end in zip(phases, ends):
+        for (start, name), end in zip(phases, ends, strict=True):
             cells = [_gpu_cells(records, g, start, end) for g in gpus]
             canaries = [r for r in records if isinstance(r, Canary) and start <= r.t < end]
             ok = sum(1 for c in canaries if c.ok)
@@ -261,7 +261,7 @@ mode = "observe"
         lines += [f"| {f.t:.1f} | {f.finding} | {f.state} | {f.summary} |" for f in findings]
         lines += ["", "| expected | onset (s) | raised at (s) | after (replay) | after (live daemon) | window |",
                   "| --- | --- | --- | --- | --- | --- |"]
-        for item, after_live in zip(expect["expect"], live):
+        for item, after_live in zip(expect["expect"], live, strict=True):
             hit = next((f for it, f in report.detected if it is item or (
                 it["finding"] == item["finding"] and it["onset"] == item["onset"])), None)
             raised_at = f"{hit.t:.1f}" if hit else "-"

@@ -199,7 +199,7 @@ class Engine:
                 "# TYPE vllm:prompt_tokens_total counter", f"vllm:prompt_tokens_total{{{label}}} {self.prompt_tokens}",
                 "# TYPE vllm:iteration_tokens_total histogram",
             ]
-            for bound, count in zip(BUCKETS, self.buckets):
+            for bound, count in zip(BUCKETS, self.buckets, strict=True):
                 lines.append(f'vllm:iteration_tokens_total_bucket{{{label},le="{float(bound)}"}} {count}')
             lines += [f'vllm:iteration_tokens_total_bucket{{{label},le="+Inf"}} {self.steps}',
                       f"vllm:iteration_tokens_total_count{{{label}}} {self.steps}",

@@ -71,7 +71,7 @@ def test_the_long_prefill_was_busy_without_tokens_and_the_stuck_collective_spun_
     polls = [r for r in trace.records if isinstance(r, ServerPoll) and r.gen_tokens_total is not None]
     # The prefill: the longest stretch before the onset with the token counter standing still and GPUs busy.
     flat_from, longest = None, (0.0, 0.0, 0.0)
-    for before, after in zip(polls, polls[1:]):
+    for before, after in zip(polls, polls[1:], strict=False):
         if after.t >= onset:
             break
         if after.gen_tokens_total == before.gen_tokens_total and (after.running or 0) > 0:
