@@ -1,7 +1,7 @@
 #!/bin/bash
 # Run the GPU validation modes on a GPU host with no network (scripts/gpu_validate.py --mode ...).
 #
-#   scripts/gpu_device.sh BUNDLE OUT STEP...      STEP: env build nccl llamacpp split
+#   scripts/gpu_device.sh BUNDLE OUT STEP...      STEP: env build model nccl nccl-steps llamacpp split
 #
 # BUNDLE holds what the host cannot fetch: site.tar.gz (the package's runtime dependencies
 # missing there, installed for its Python with pip --target), code/ (this repository's
@@ -44,10 +44,10 @@ step_build() {
 }
 
 run_mode() {
-  local mode=$1 limit=$2
+  local mode=$1 limit=$2; shift 2
   mkdir -p "$RES/$mode"
   timeout -k 10 "$limit" python3 "$CODE/scripts/gpu_validate.py" --mode "$mode" --out "$RES/$mode" \
-    --work "/tmp/gpu-work" --llama-server $LLB/bin/llama-server --model $MODEL > "$RES/$mode/run.log" 2>&1
+    --work "/tmp/gpu-work" --llama-server $LLB/bin/llama-server --model $MODEL "$@" > "$RES/$mode/run.log" 2>&1
   echo "mode $mode: exit $?" | tee -a "$RES/$mode/run.log"
   cp -r /tmp/gpu-work/$mode/*.log "$RES/$mode/" 2>/dev/null
   tail -60 "$RES/$mode/run.log"
@@ -61,6 +61,7 @@ for step in "$@"; do
     build) step_build ;;
     model) [ -f $MODEL ] || PYTHONPATH=$PYTHONPATH:$CODE/gguf-py python3 "$CODE/scripts/gguf_random.py" $MODEL ;;
     nccl) run_mode nccl 420 ;;
+    nccl-steps) run_mode nccl 420 --busy-stall-after 300 --expect-within 60 ;;
     llamacpp) run_mode llamacpp 240 ;;
     split) run_mode split 180 ;;
     *) echo "unknown step $step"; exit 2 ;;

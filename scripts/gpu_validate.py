@@ -526,7 +526,8 @@ def _device_mode(args: argparse.Namespace, modes: Any, out: Path, work: Path, so
         result = modes.run_split(out, work / "split", Path(args.llama_server), Path(args.model), source)
     else:
         result = modes.run_nccl(out, work / "nccl", source, device="cpu" if args.dry_run else "cuda",
-                                prefill_s=args.prefill_s, busy_stall_after=args.busy_stall_after)
+                                prefill_s=args.prefill_s, busy_stall_after=args.busy_stall_after,
+                                expect_within=args.expect_within)
     return result
 
 
@@ -542,6 +543,8 @@ def main() -> None:
     parser.add_argument("--model", default="model.gguf", help="the GGUF to serve (scripts/gguf_random.py)")
     parser.add_argument("--prefill-s", type=float, default=90.0, help="nccl: length of the long prefill")
     parser.add_argument("--busy-stall-after", type=float, default=120.0, help="nccl: the target's busy_stall_after")
+    parser.add_argument("--expect-within", type=float, default=None,
+                        help="nccl: the stuck collective must raise a hang this soon (an engine-step rule)")
     args = parser.parse_args()
     if args.mode != "toy":
         sys.path.insert(0, str(ROOT / "scripts"))
