@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.scenarios.catalog import make_server  # noqa: E402
 from tests.scenarios.world import Cadence, World  # noqa: E402
-from watchdog.config.model import CanarySettings, WatchdogSettings  # noqa: E402
 from watchdog.commands.replay import replay_file, replay_trace  # noqa: E402
+from watchdog.config.model import CanarySettings, WatchdogSettings  # noqa: E402
 from watchdog.trace.io import Trace, write_trace  # noqa: E402
 
 
@@ -44,13 +44,19 @@ def default_cadence() -> Cadence:
     )
 
 
-def hang_latency(kind: str, traffic: float, seed: int) -> float | None:
+def hang_latency(kind: str, traffic: float, seed: int, collective: bool = False) -> float | None:
     rng = random.Random(seed)
     world = World(make_server(rng, kind), default_cadence(), seed=seed, traffic=traffic)
     onset = rng.uniform(200, 400)
 
     def go(w: World) -> None:
         w.s.hung = True
+        if collective:  # stuck in an engine step, with a request in flight, the GPU pinned at 100%
+            from tests.scenarios.world import Request
+
+            w.s.requests.append(Request(200.0, 2000.0, started=w.t))
+            w.s.hang_util = 100.0
+            w.s.hang_cpu = 100.0
 
     world.at(onset, go)
     records = world.run(onset + 400)
@@ -103,6 +109,10 @@ def main() -> None:
     ]
     for name, kind, traffic in cases:
         print(summarize(name, [hang_latency(kind, traffic, seed) for seed in range(args.runs)]), flush=True)
+    for name, kind in (("vLLM, stuck collective at 100% (engine steps)", "vllm"),
+                       ("llama.cpp, stuck collective at 100% (engine steps)", "llamacpp")):
+        latencies = [hang_latency(kind, 0.1, seed, collective=True) for seed in range(args.runs)]
+        print(summarize(name, latencies), flush=True)
     if not args.skip_day:
         seconds, count = day_long_replay_seconds()
         print(f"\n24-hour trace at 1 s sampling: {count} records replayed in {seconds:.2f} s")

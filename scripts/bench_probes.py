@@ -26,11 +26,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from watchdog.config.model import TargetSettings
+from watchdog.daemon.recorder import FlightRecorder
 from watchdog.probes.adapters import make_adapter
 from watchdog.probes.attribution import Attributor
 from watchdog.probes.canary import CanaryProbe
 from watchdog.probes.gpu import GpuProbe
-from watchdog.daemon.recorder import FlightRecorder
 from watchdog.sim.launch import Simulator
 from watchdog.sim.nvml import SimNvml
 from watchdog.trace.records import (

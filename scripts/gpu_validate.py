@@ -50,13 +50,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from watchdog.config import parse_config  # noqa: E402
-from watchdog.detect.finding import Finding  # noqa: E402
-from watchdog.daemon.pipeline import make_engine  # noqa: E402
-from watchdog.probes.base import MonotonicClock  # noqa: E402
-from watchdog.daemon.recorder import FlightRecorder, build_header  # noqa: E402
-from watchdog.probes.suite import ProbeSuite  # noqa: E402
 from watchdog.commands.replay import check_expectations  # noqa: E402
+from watchdog.config import parse_config  # noqa: E402
+from watchdog.daemon.recorder import FlightRecorder  # noqa: E402
+from watchdog.detect.factory import make_engine  # noqa: E402
+from watchdog.detect.finding import Finding  # noqa: E402
+from watchdog.probes.base import MonotonicClock  # noqa: E402
+from watchdog.probes.suite import ProbeSuite  # noqa: E402
+from watchdog.trace.header import build_header  # noqa: E402
 from watchdog.trace.io import write_trace  # noqa: E402
 from watchdog.trace.records import Event, Record  # noqa: E402
 

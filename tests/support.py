@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -42,3 +43,15 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+async def until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """``wait_for`` on the event loop: await a condition (the code under test runs on the same loop)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)

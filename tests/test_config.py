@@ -111,7 +111,7 @@ def test_example_values_are_the_defaults() -> None:
             'duplicate target name "ollama" (already used by targets[0])',
         ),
         (
-            MINIMAL_TARGET.replace('unit = "ollama.service"', ""),
+            '[policy]\nmode = "act"\n' + MINIMAL_TARGET.replace('unit = "ollama.service"', ""),
             "targets[0]",
             "no way to restart this target",
         ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import signal
 import time
 from pathlib import Path
@@ -121,9 +123,18 @@ def test_sigkill_mid_incident_keeps_it_across_a_restart(tmp_path: Path, sim_fact
         replayed = ctl(config, "replay", str(trace))
         assert replayed.returncode == 0
         assert '"finding": "hang"' in replayed.stdout
+        # The reliability report reads the state directory while the daemon runs.
+        assert ctl(config, "report").returncode == 0
+        wait_for(lambda: (s := status_json(config)) and s["targets"][0]["last_canary"], 30, "a canary")
     finally:
         sim.inject("recover")
         assert daemon.stop() == 0
+    # A clean stop writes the canary counts (the SIGKILLed run's, not yet written, are lost).
+    report = ctl(config, "report", "--json")
+    assert report.returncode == 0, report.stderr
+    rows = {(r["target"], r["model"]): r for r in json.loads(report.stdout)["rows"]}
+    row = rows[("ollama", sim.model)]
+    assert row["hangs"] == 1 and row["canaries_sent"] >= 1
 
 
 def test_status_of_a_running_daemon_shows_every_field(tmp_path: Path, sim_factory) -> None:

@@ -31,7 +31,8 @@ def test_scenario(name: str, seed: int) -> None:
 
 def test_every_fault_scenario_expects_something() -> None:
     faults = {"hang", "stream_stall", "nccl_hang", "frozen", "completions_500", "failed_unload", "orphan_runner", "leak",
-              "fragmentation", "oom", "slow", "crash", "xid", "gpu_lost"}
+              "fragmentation", "oom", "slow", "crash", "xid", "gpu_lost", "busy_slow", "stuck_collective",
+              "truncation"}
     for name in faults:
         assert SCENARIOS[name](0).expect["expect"], name
     for name in set(SCENARIOS) - faults:

@@ -161,7 +161,7 @@ async def test_a_database_from_a_newer_version_is_kept_and_history_runs_in_memor
     from watchdog.incidents.schema import MIGRATIONS, Migration
     from watchdog.incidents.store import IncidentStore
 
-    IncidentStore(tmp_path / "state.db", migrations=(*MIGRATIONS, Migration(2, "future", ()))).close()
+    IncidentStore(tmp_path / "state.db", migrations=(*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "future", ()))).close()
     before = (tmp_path / "state.db").read_bytes()
     incidents = Incidents(tmp_path, clock=FakeClock(), header=HEADER)
     await incidents.start()
@@ -170,3 +170,20 @@ async def test_a_database_from_a_newer_version_is_kept_and_history_runs_in_memor
     finally:
         await incidents.stop()
     assert (tmp_path / "state.db").read_bytes() == before
+
+
+async def test_canaries_are_counted_per_model_even_with_no_incident_open(tmp_path):
+    from watchdog.incidents.store import IncidentStore
+    from watchdog.trace.records import Canary
+
+    incidents = Incidents(tmp_path, clock=FakeClock(), header=HEADER)
+    await incidents.start()
+    try:
+        await incidents.on_records([*batch(1.0), Canary(t=2.0, target="ollama", model="a", ok=True)])
+        await incidents.on_records([Canary(t=3.0, target="ollama", model="a", ok=False, error="timeout"),
+                                    Canary(t=4.0, target="ollama", model="b", ok=True)])
+        assert incidents.open_incidents == {}
+    finally:
+        await incidents.stop()
+    with IncidentStore(tmp_path / "state.db") as store:
+        assert store.canary_counts() == [("ollama", "a", 2, 1), ("ollama", "b", 1, 0)]

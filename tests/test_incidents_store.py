@@ -30,7 +30,7 @@ def test_the_database_enforces_one_open_incident_per_target(tmp_path):
             store._conn.execute(insert, (3, "ollama", "open", "critical", "t", 2.0))
 
 
-V2 = Migration(2, "a column for acknowledgements", ("ALTER TABLE incidents ADD COLUMN acknowledged_by TEXT",))
+V2 = Migration(LATEST + 1, "a column for acknowledgements", ("ALTER TABLE incidents ADD COLUMN acknowledged_by TEXT",))
 
 
 def test_a_migration_keeps_the_data_and_backs_up_the_old_database_first(tmp_path):
@@ -40,13 +40,13 @@ def test_a_migration_keeps_the_data_and_backs_up_the_old_database_first(tmp_path
             "INSERT INTO incidents (id, target, state, severity, title, opened_at) VALUES (1, 'x', 'open', 'warning', 't', 1)"
         )
     with IncidentStore(path, migrations=(*MIGRATIONS, V2)) as store:
-        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert store._conn.execute("PRAGMA user_version").fetchone()[0] == LATEST + 1
         assert store.get(1).target == "x"
         columns = [row[1] for row in store._conn.execute("PRAGMA table_info(incidents)")]
         assert "acknowledged_by" in columns
-    backup = tmp_path / "state.db.v1.bak"
+    backup = tmp_path / f"state.db.v{LATEST}.bak"
     with sqlite3.connect(backup) as old:
-        assert old.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert old.execute("PRAGMA user_version").fetchone()[0] == LATEST
         assert old.execute("SELECT target FROM incidents").fetchall() == [("x",)]
     old.close()
 
@@ -54,12 +54,12 @@ def test_a_migration_keeps_the_data_and_backs_up_the_old_database_first(tmp_path
 def test_a_failing_migration_leaves_the_old_schema_intact(tmp_path):
     path = tmp_path / "state.db"
     IncidentStore(path).close()
-    broken = Migration(2, "half done", ("CREATE TABLE half (x)", "THIS IS NOT SQL"))
+    broken = Migration(LATEST + 1, "half done", ("CREATE TABLE half (x)", "THIS IS NOT SQL"))
     with pytest.raises(StoreError):
         IncidentStore(path, migrations=(*MIGRATIONS, broken))
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall() == []
     finally:
         conn.close()
@@ -68,7 +68,7 @@ def test_a_failing_migration_leaves_the_old_schema_intact(tmp_path):
 def test_a_database_from_a_newer_watchdog_is_refused_with_a_clear_error(tmp_path):
     path = tmp_path / "state.db"
     IncidentStore(path, migrations=(*MIGRATIONS, V2)).close()
-    with pytest.raises(StoreError, match="schema version 2, newer than this watchdog knows"):
+    with pytest.raises(StoreError, match=f"schema version {LATEST + 1}, newer than this watchdog knows"):
         IncidentStore(path)
 
 

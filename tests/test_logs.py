@@ -40,3 +40,39 @@ def test_a_recurring_problem_is_logged_once_and_its_end_once() -> None:
     text = out.getvalue()
     assert text.count("NVML does not answer") == 2  # the problem, and "recovered: <problem>"
     assert text.count("recovered") == 1
+
+
+async def test_apschedulers_own_warnings_go_through_our_logging_once_and_masked() -> None:
+    """APScheduler logs through the standard library; its "skipped" warning used to reach stderr raw."""
+    import asyncio
+    import time
+
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    out = io.StringIO()
+    setup_logging("json", "INFO", stream=out)
+    setup_logging("json", "INFO", stream=out)  # configured twice (a reload): still one line per message
+    set_redactor(Redactor(["s3cr3t-job-name"]))
+    scheduler = AsyncIOScheduler(job_defaults={"max_instances": 1, "coalesce": True})
+    release = asyncio.Event()
+
+    async def busy() -> None:
+        await release.wait()
+
+    scheduler.add_job(busy, "interval", seconds=0.2, id="job", name="poll s3cr3t-job-name")
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "maximum number of running instances" not in out.getvalue():
+            assert time.monotonic() < deadline, f"no skipped-job warning in: {out.getvalue()!r}"
+            await asyncio.sleep(0.05)
+    finally:
+        release.set()
+        scheduler.shutdown(wait=False)
+        set_redactor(None)
+        setup_logging("text", "WARNING")
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if "maximum number" in line]
+    first = lines[0]
+    assert first["level"] == "WARNING" and first["component"].startswith("apscheduler")
+    assert "s3cr3t-job-name" not in out.getvalue()
+    assert len({(line["ts"], line["msg"]) for line in lines}) == len(lines)  # no line written twice

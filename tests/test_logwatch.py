@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.simulator import sim_factory  # noqa: F401 - the fixture
+from tests.support import until
 from watchdog.probes.lines import CUT_MARK
 from watchdog.probes.logwatch import MAX_LINE, FileSource, LogProbe
 from watchdog.trace.records import LogLine
@@ -25,18 +26,6 @@ MALLOC = "ggml_backend_cuda_buffer_type_alloc_buffer: cudaMalloc failed: out of 
 def append(path: Path, *lines: str) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("".join(line + "\n" for line in lines))
-
-
-async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Wait for a condition on the loop (the probe runs on it), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Following:

@@ -16,9 +16,10 @@ import pytest
 
 from tests.simulator import sim_factory  # noqa: F401 - the fixture
 from watchdog.config.model import Config
-from watchdog.daemon.recorder import FlightRecorder, build_header
+from watchdog.daemon.recorder import FlightRecorder
 from watchdog.probes.suite import ProbeSuite
 from watchdog.sim.nvml import SimNvml
+from watchdog.trace.header import build_header
 from watchdog.trace.io import read_trace
 from watchdog.trace.records import (
     Canary,

@@ -18,20 +18,9 @@ import httpx
 from tests.control_support import short_tmpdir
 from tests.daemon_support import DaemonProcess, ctl, write_config
 from tests.simulator import sim_factory  # noqa: F401 - fixture
-from tests.support import wait_for
+from tests.support import until, wait_for
 from watchdog.config import load_config
 from watchdog.daemon.daemon import Daemon
-
-
-async def _until(condition: Any, what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_the_daemons_engine_knows_the_gpu_sizes(tmp_path: Path, sim_factory: Any) -> None:  # noqa: F811
@@ -48,15 +37,15 @@ async def test_the_daemons_engine_knows_the_gpu_sizes(tmp_path: Path, sim_factor
     daemon = Daemon(str(config_path), load_config(str(config_path)))
     task = asyncio.create_task(daemon.run())
     try:
-        await _until(lambda: daemon.ready and daemon.gpu_totals, "the first GPU round")
+        await until(lambda: daemon.ready and daemon.gpu_totals, 20, "the first GPU round")
         source = daemon.suite.targets["srv"].logs.source  # type: ignore[union-attr]
         await asyncio.wait_for(source.ready.wait(), 10)
-        await _until(lambda: daemon.latest.gpus.get(0) is not None, "a GPU sample")
+        await until(lambda: daemon.latest.gpus.get(0) is not None, 20, "a GPU sample")
         with log.open("a") as handle:
             handle.write("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 512.00 MiB on device 0: "
                          "cudaMalloc failed: out of memory\n")
-        found = await _until(lambda: [f.finding for f in daemon.pipeline.engine.active() if f.target == "srv"],
-                             "a finding from the log line")
+        found = await until(lambda: [f.finding for f in daemon.pipeline.engine.active() if f.target == "srv"],
+                            20, "a finding from the log line")
         assert found == ["fragmentation"], f"engine.gpu_totals={daemon.pipeline.engine.gpu_totals}"
     finally:
         daemon.stop()

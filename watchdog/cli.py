@@ -15,9 +15,8 @@ import click
 
 from watchdog import __version__
 from watchdog.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from watchdog.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from watchdog.logs import setup_logging
-
-EXIT_USAGE = 2
 
 
 class Context:
@@ -146,7 +145,7 @@ def replay_command(obj: Context, trace: str, replay_config: str | None, explain:
         report = check_expectations(result.findings, expectation)
         click.echo(f"expectations: {report}", err=True)
         if not report.ok:
-            sys.exit(1)
+            sys.exit(EXIT_FAILURE)
 
 
 # --- talking to the daemon: status, history, reload -------------------------------------------
@@ -167,7 +166,6 @@ def _control_client(obj: Context, socket_path: str | None) -> Any:
 
 
 def _unreachable(exc: Exception) -> Any:
-    from watchdog.status import EXIT_UNREACHABLE
 
     click.echo(f"error: {exc}", err=True)
     sys.exit(EXIT_UNREACHABLE)
@@ -243,7 +241,7 @@ def history_command(obj: Context, incident_id: int | None, since: str | None, li
         _unreachable(exc)
     except ControlError as exc:
         click.echo(f"error: {exc.message}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILURE)
     if as_json:
         data = [i.model_dump(mode="json") for i in incidents]
         click.echo(json.dumps(data[0] if incident_id is not None else data, indent=2, ensure_ascii=False))
@@ -251,6 +249,41 @@ def history_command(obj: Context, incident_id: int | None, since: str | None, li
         render_incident(incidents[0])
     else:
         render_history(incidents)
+
+
+@cli.command("report")
+@click.option("--since", metavar="7d|ISO", default="7d", show_default=True,
+              help='Incidents opened and canaries sent since then: a duration ("24h", "30d") or a time.')
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--state-dir", metavar="DIR", default=None, help="Read this state directory (default: the config's).")
+@pass_ctx
+def report_command(obj: Context, since: str, as_json: bool, state_dir: str | None) -> None:
+    """Reliability per target and model: canaries, hangs, restarts, unloads, OOMs, truncations, timings.
+
+    Reads the state directory directly (the daemon need not run). Exit codes: 0 shown; 1 the state
+    directory cannot be read; 2 bad arguments.
+    """
+    import json
+    import time
+
+    from watchdog.commands.report import ReportError, build_report, render_report
+    from watchdog.control.params import parse_since
+
+    try:
+        start = parse_since(since, time.time())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    if state_dir is None:
+        state_dir = obj.load().watchdog.state_dir
+    try:
+        report = build_report(state_dir, start)
+    except ReportError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"since": start, "rows": report}, indent=2, ensure_ascii=False))
+    else:
+        render_report(report, f"since {since}")
 
 
 def _write_trace(client: Any, incident_id: int, output: str | None) -> None:
@@ -282,7 +315,7 @@ def reload_command(obj: Context, socket_path: str | None) -> None:
     except (DaemonUnreachable, ControlError) as exc:
         _unreachable(exc)
     click.echo(("reloaded: " if result.ok else "refused, still running on the old config: ") + result.message)
-    sys.exit(0 if result.ok else 1)
+    sys.exit(EXIT_OK if result.ok else EXIT_FAILURE)
 
 
 @cli.command("demo")
@@ -347,7 +380,7 @@ def debug_wedge(obj: Context, seconds: float, socket_path: str | None) -> None:
         client.wedge(seconds)
     except ControlError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILURE)
     except DaemonUnreachable as exc:
         _unreachable(exc)
     click.echo(f"the daemon's main loop is blocked for {seconds:g} s")
@@ -416,7 +449,7 @@ def run_command(obj: Context) -> None:
         code = asyncio.run(run_daemon(obj.config_path, config, obj.log_format, obj.log_level))
     except Exception as exc:  # noqa: BLE001 - one clear line for the journal, then exit for systemd
         logger.opt(exception=exc).critical(f"the daemon failed: {exc!r}")
-        code = 1
+        code = EXIT_FAILURE
     sys.exit(code)
 
 
@@ -460,7 +493,7 @@ def discover_command(ports: list[int], host: str, docker_host: str | None, no_do
     click.echo(render_config(found, host=socket.gethostname(), when=when), nl=False)
     for line in render_summary(found):
         click.echo(line, err=True)
-    sys.exit(0 if found.servers else 1)
+    sys.exit(EXIT_OK if found.servers else EXIT_FAILURE)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -468,7 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="watchdogctl", standalone_mode=True)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":  # pragma: no cover

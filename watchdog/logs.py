@@ -9,10 +9,11 @@ garbage) to one line when it starts and one when it ends.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any, Literal, TextIO
 
 from loguru import logger
@@ -69,6 +70,31 @@ def setup_logging(fmt: LogFormat = "auto", level: str = "INFO", stream: TextIO |
     else:
         logger.add(stream, level=level, format=_TEXT_FORMAT, colorize=_isatty(stream),
                    backtrace=False, diagnose=False)
+    intercept_stdlib_logging()
+
+
+class InterceptHandler(logging.Handler):
+    """Hands the standard library's log records (APScheduler, httpx, aiohttp...) to loguru,
+    so they get our format, our sinks and secret masking instead of raw stderr lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        frame, depth = logging.currentframe(), 2
+        while frame is not None and frame.f_code.co_filename == logging.__file__:
+            frame, depth = frame.f_back, depth + 1
+        logger.bind(component=record.name).opt(depth=depth, exception=record.exc_info).log(
+            level, record.getMessage())
+
+
+def intercept_stdlib_logging(level: int = logging.WARNING) -> None:
+    """Route the stdlib root logger into loguru (idempotent: one handler, however often called).
+    Warnings and up only, as Python's own last-resort handler showed them before."""
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, InterceptHandler)] + [InterceptHandler()]
+    root.setLevel(level)
 
 
 class _JsonSink:
@@ -125,7 +151,3 @@ class LogOnce:
     def active(self, key: str) -> bool:
         with self._lock:
             return key in self._active
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -289,6 +289,82 @@ def gpu_lost(seed: int) -> Scenario:
     return _finish(name, w, duration, _expect(duration, c, expect))
 
 
+SLOWDOWN_REASONS = ("sw_thermal", "hw_thermal", "hw_power_brake", "hw_slowdown", "sw_power_cap")
+
+
+def busy_slow(seed: int) -> Scenario:
+    """An always-busy server slows 4x with a clock event reason active: only its counters show it."""
+    name = "busy_slow"
+    rng, w, c = _world(name, seed, ("vllm", "llamacpp"), traffic=rng_busy(seed))
+    onset = rng.uniform(400, 600)
+    duration = onset + 420
+    reason = rng.choice(SLOWDOWN_REASONS)
+
+    def go(world: World) -> None:
+        world.s.slow = 0.25
+        world.s.throttle = [reason]
+        world.s.throttled_clock = world.s.sm_clock_max * 0.3
+
+    w.at(onset, go)
+    expect = [{"finding": "degraded", "target": w.target, "onset": round(onset, 2), "raise_by": round(onset + 300, 2)}]
+    return _finish(name, w, duration, _expect(duration, c, expect, note=f"4x slower under load, {reason}"))
+
+
+def stuck_collective(seed: int) -> Scenario:
+    """A collective that never completes under traffic, on a server with an engine-step counter."""
+    name = "stuck_collective"
+    rng, w, c = _world(name, seed, ("vllm", "llamacpp"),
+                      traffic=random.Random(f"{name}:{seed}:traffic").choice([0.1, 0.2, 0.4]))
+    # A cadence that lets a canary fail within the minute: polls every 2-5 s, canaries every 15-30 s
+    # with a 10-15 s deadline (the daemon's defaults: 5 s, 15 s, 8 s).
+    c.poll_dt = rng.choice([2.0, 5.0])
+    c.canary_dt = rng.choice([15.0, 20.0, 30.0])
+    c.canary_timeout = rng.choice([10.0, 15.0])
+    duration = rng.uniform(500, 800)
+    onset = rng.uniform(200, duration - 200)
+
+    def go(world: World) -> None:
+        from tests.scenarios.world import Request
+
+        # A collective runs inside an engine step, so it sticks with requests in flight.
+        world.s.requests.append(Request(200.0, 2000.0, started=world.t))
+        world.s.hung = True
+        world.s.hang_util = 100.0
+        world.s.hang_cpu = 100.0
+
+    w.at(onset, go)
+    expect = [{"finding": "hang", "target": w.target, "onset": round(onset, 2), "raise_by": round(onset + 60, 2)}]
+    tolerate = [{"finding": "degraded", "target": w.target, "from": onset, "to": duration}]
+    return _finish(name, w, duration, _expect(duration, c, expect, tolerate, "stuck at 100%"))
+
+
+def truncation(seed: int) -> Scenario:
+    """Long prompts cut (Ollama) or refused (llama.cpp, vLLM) again and again: one finding."""
+    name = "truncation"
+    rng, w, c = _world(name, seed, ("ollama", "llamacpp", "vllm"))
+    duration = rng.uniform(600, 900)
+    onset = rng.uniform(100, 300)
+    context = rng.choice([2048, 4096, 8192])
+    for i in range(rng.randrange(5, 30)):
+        prompt = int(context * rng.uniform(1.1, 3.0))
+        w.at(onset + i * rng.uniform(5, 15), lambda world, p=prompt: world.log(truncation_line(world.s.kind, context, p)))
+    expect = [{"finding": "truncation", "target": w.target, "onset": round(onset, 2), "raise_by": round(onset + 2, 2)}]
+    return _finish(name, w, duration, _expect(duration, c, expect, note="many cut prompts: one finding"))
+
+
+def truncation_line(kind: str, context: int, prompt: int) -> str:
+    """The line each server logs for a prompt longer than its context (docs/failure-signatures)."""
+    if kind == "ollama":
+        return (f'time=2026-11-20T14:23:45.001Z level=WARN source=runner.go:159 msg="truncating input prompt" '
+                f"limit={context} prompt={prompt} keep=4 new={context}")
+    if kind == "llamacpp":
+        return (f"srv    send_error: task id = 12, error: request ({prompt} tokens) exceeds the available "
+                f"context size ({context} tokens), try increasing it")
+    return (f"ERROR 11-20 14:23:45 [serving_chat.py:222] Error in preprocessing prompt inputs: This model's "
+            f"maximum context length is {context} tokens. However, you requested {prompt + 16} tokens ({prompt} "
+            f"in the messages, 16 in the completion). Please reduce the length of the messages or completion.")
+
+
 # --- healthy situations that must raise nothing ------------------------------------------------
 
 def idle_held(seed: int) -> Scenario:
@@ -307,6 +383,38 @@ def busy_traffic(seed: int) -> Scenario:
 
 def rng_traffic(seed: int) -> float:
     return random.Random(seed).choice([0.2, 0.4, 0.8])
+
+
+def rng_busy(seed: int) -> float:
+    return random.Random(f"busy:{seed}").choice([0.3, 0.5, 0.8])
+
+
+def busy_steady(seed: int) -> Scenario:
+    """Always busy at a steady, normal rate, with the power cap reported now and then: not degraded."""
+    name = "busy_steady"
+    rng, w, c = _world(name, seed, ("vllm", "llamacpp"), traffic=rng_busy(seed))
+    duration = rng.uniform(900, 1300)
+    for start in (rng.uniform(200, 400), rng.uniform(600, 800)):
+        w.at(start, lambda world: setattr(world.s, "throttle", ["sw_power_cap"]))
+        w.at(start + rng.uniform(30, 120), lambda world: setattr(world.s, "throttle", []))
+    return _finish(name, w, duration, _expect(duration, c, note="steady load, power cap now and then"))
+
+
+def chunked_prefill(seed: int) -> Scenario:
+    """A 3-minute chunked prefill at 100%: vLLM shows no step and no token for it, canaries get through."""
+    name = "chunked_prefill"
+    rng, w, c = _world(name, seed, ("vllm", "llamacpp"),
+                      traffic=random.Random(f"{name}:{seed}:traffic").choice([0.0, 0.02]))
+    duration = 900.0
+    onset = rng.uniform(150, 300)
+
+    def go(world: World) -> None:
+        from tests.scenarios.world import Request
+
+        world.s.requests.append(Request(world.s.prefill_rate * 180.0, 50, started=world.t))
+
+    w.at(onset, go)
+    return _finish(name, w, duration, _expect(duration, c, note="a 180 s chunked prefill at 100%"))
 
 
 def long_prefill(seed: int) -> Scenario:
@@ -416,6 +524,9 @@ SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     "crash": crash,
     "xid": xid,
     "gpu_lost": gpu_lost,
+    "busy_slow": busy_slow,
+    "stuck_collective": stuck_collective,
+    "truncation": truncation,
     "idle_held": idle_held,
     "busy_traffic": busy_traffic,
     "long_prefill": long_prefill,
@@ -425,4 +536,6 @@ SCENARIOS: dict[str, Callable[[int], Scenario]] = {
     "startup": startup,
     "planned_restart": planned_restart,
     "canary_noise": canary_noise,
+    "busy_steady": busy_steady,
+    "chunked_prefill": chunked_prefill,
 }

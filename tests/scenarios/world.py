@@ -79,6 +79,11 @@ class Request:
     first_token_t: float | None = None
     last_token_t: float | None = None
     produced: float = 0.0
+    prompt_len: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.prompt_len < 0:
+            self.prompt_len = self.prompt_left
 
 
 @dataclass
@@ -114,6 +119,11 @@ class Server:
     fail_next_unload: bool = False
     failing: bool = False  # every generation answered with HTTP 500 (vLLM#1492)
     tokens_total: float = 0.0
+    steps_total: int = 0  # engine steps: llama.cpp counts every llama_decode, vLLM steps with output
+    prompt_total: float = 0.0
+    throttle: list[str] = field(default_factory=list)  # NVML clock event reasons reported
+    sm_clock_max: float = 1710.0
+    throttled_clock: float | None = None
     requests: list[Request] = field(default_factory=list)
 
     def held(self, t: float) -> dict[int, float]:
@@ -237,14 +247,18 @@ class World:
             return
         working = self._working()
         prefilling = [r for r in working if r.prompt_left > 0]
+        stepped = bool(prefilling)
+        produced_before = s.tokens_total
         if prefilling:
+            # The prefill budget is shared (chunked prefill, llama.cpp's shared batch): a huge
+            # prompt does not starve the short ones that arrive after it.
             budget = s.prefill_rate * s.slow * dt
-            for r in prefilling:
-                use = min(r.prompt_left, budget)
+            for i, r in enumerate(sorted(prefilling, key=lambda q: q.prompt_left)):
+                use = min(r.prompt_left, budget / (len(prefilling) - i))
                 r.prompt_left -= use
                 budget -= use
-                if budget <= 0:
-                    break
+                if s.kind != "vllm":
+                    s.prompt_total += use  # llama.cpp counts prompt tokens as it processes them
         batch = max(len(working), 1)
         rate = s.decode_rate * s.slow * (1.0 if batch <= 4 else 4.0 / batch)
         for r in working:
@@ -255,10 +269,17 @@ class World:
                 continue
             if r.first_token_t is None:
                 r.first_token_t = t
+                if s.kind == "vllm":
+                    s.prompt_total += r.prompt_len  # vLLM counts a prompt when its first token comes
             r.tokens_left -= step
             r.produced += step
             r.last_token_t = t
             s.tokens_total += step
+        produced = s.tokens_total > produced_before
+        if produced or (stepped and s.kind != "vllm"):
+            # vLLM observes iteration_tokens_total only for steps that output tokens: a lone
+            # chunked prefill does not move it.
+            s.steps_total += 1
         for r in list(s.requests):
             if r.tokens_left <= 1e-9 and r.prompt_left <= 0:
                 s.requests.remove(r)
@@ -302,7 +323,10 @@ class World:
         if self.lose_next_canary:
             self.lose_next_canary = False  # lost on the way: the server never sees it
             return
-        s.requests.insert(0, r)
+        if s.hung:
+            s.requests.append(r)  # a stuck engine schedules nothing new: the canary waits in the queue
+        else:
+            s.requests.insert(0, r)
 
     def _canary_done(self, r: Request, ok: bool, error: str | None = None) -> None:
         s, t = self.s, self.t
@@ -353,8 +377,16 @@ class World:
             procs.append(GpuProc(self.other_proc[0], self.other_proc[1], None))
         used = self.base_used + sum(p.mem_mib or 0 for p in procs) + self.rng.uniform(-60, 60)
         util = round(self._util())
+        extra: dict[str, Any] = {}
+        if self.s.throttle:
+            extra["throttle"] = list(self.s.throttle)
+        clock = self.s.sm_clock_max - self.rng.uniform(0, 30) if util > 0 else 210.0
+        if self.s.throttled_clock is not None and util > 0:
+            clock = self.s.throttled_clock + self.rng.uniform(-15, 15)
+        extra["sm_clock_mhz"] = round(clock)
+        extra["sm_clock_max_mhz"] = self.s.sm_clock_max
         self.emit(GpuSample(t=t, index=0, util=util, mem_used_mib=round(used), procs=procs,
-                            temp_c=round(38 + util * 0.38, 1), power_w=round(25 + util * 1.2, 1)))
+                            temp_c=round(38 + util * 0.38, 1), power_w=round(25 + util * 1.2, 1), extra=extra))
 
     def _poll(self) -> None:
         s, t = self.s, self.t
@@ -389,8 +421,12 @@ class World:
             poll.running = len(working) if not loading else 0
             poll.waiting = max(len(s.requests) - s.max_running, 0)
             poll.gen_tokens_total = float(int(s.tokens_total))
+            if s.kind in ("vllm", "llamacpp"):
+                poll.extra["steps_total"] = s.steps_total
+                poll.extra["prompt_tokens_total"] = float(int(s.prompt_total))
             if s.kind == "vllm":
-                poll.kv_cache_usage = round(min(1.0, 0.05 + 0.06 * len(working)), 3)
+                cached = sum(r.prompt_len - r.prompt_left + r.produced for r in working)
+                poll.kv_cache_usage = round(min(1.0, 0.002 + cached / 65536.0), 4)
         self.emit(poll)
 
     def _cpu(self) -> float:

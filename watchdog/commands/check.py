@@ -16,14 +16,12 @@ Exit codes as ``watchdogctl status``: 0 ok, 1 degraded, 2 critical.
 
 from __future__ import annotations
 
-import asyncio
-
 from watchdog.config.model import Config
+from watchdog.daemon.builder import make_suite
+from watchdog.detect.factory import gpu_totals, make_engine
 from watchdog.detect.finding import Finding
-from watchdog.daemon.pipeline import make_engine
 from watchdog.probes.base import MonotonicClock
-from watchdog.daemon.recorder import build_header
-from watchdog.probes.suite import ProbeSuite
+from watchdog.probes.round import run_round
 from watchdog.redact import Redactor
 from watchdog.status import DaemonInfo, LatestRecords, StatusSnapshot, build_status
 from watchdog.trace.records import Canary, GpuSample, ProcessSample, Record, ServerPoll
@@ -33,22 +31,13 @@ async def run_check(config: Config, config_path: str, canaries: bool = True) -> 
     """Probe every enabled target once and build the status snapshot."""
     clock = MonotonicClock()
     records: list[Record] = []
-    suite = ProbeSuite(config, clock, records.append)
+    suite = make_suite(config, clock, records.append)
     try:
-        if suite.gpu is not None:
-            await suite.gpu.round()
-        await asyncio.gather(*(probes.server.round() for probes in suite.targets.values()))
-        await suite.processes.round()
-        if canaries:
-            await asyncio.gather(*(probes.canary.round(force=True) for probes in suite.targets.values()))
-        if suite.gpu is not None:
-            await suite.gpu.round()  # a second look: processes attributed, utilisation during the canaries
-        header = build_header(config, list(suite.gpu.devices) if suite.gpu is not None else [],
-                              target_gpus=suite.target_gpus(), wall_zero=clock.wall_start)
+        await run_round(suite, canary=canaries, logs=False, gpu_after=True)
+        header = suite.header(clock.wall_start)
     finally:
         await suite.aclose()
-    totals = {d.index: float(d.mem_total_mib) for d in header.gpus if d.mem_total_mib}
-    engine = make_engine(config, totals)
+    engine = make_engine(config, totals=gpu_totals(header.gpus))
     latest = LatestRecords()
     for record in records:
         engine.feed(record)

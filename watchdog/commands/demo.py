@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from watchdog.control.client import ControlClient, ControlError, DaemonUnreachable
+from watchdog.exitcodes import EXIT_FAILURE, EXIT_OK
 from watchdog.sim.launch import Simulator, SimulatorError
 from watchdog.status import StatusSnapshot
 from watchdog.status.render import gpus_table, targets_table
@@ -146,7 +147,7 @@ class Demo:
                         break
                     time.sleep(0.5)
             self._summary(board)
-            return 0 if board.passed else 1
+            return EXIT_OK if board.passed else EXIT_FAILURE
         finally:
             self._stop()
 
@@ -163,7 +164,7 @@ class Demo:
         ).start()
         self.sims["vllm"] = Simulator(
             "vllm", "--model", f"{VLLM_MODEL}=3000", "--gpu-index", "1", "--gpu-memory-utilization", "0.6",
-            "--prefill-tps", "3000", *common,
+            "--prefill-tps", "1500", *common,
             gpu_dir=gpu_dir, log_path=self.workdir / "vllm.log", workdir=self.workdir,
         ).start()
         config = self.workdir / "watchdog.toml"
@@ -353,7 +354,9 @@ def _generate(url: str, model: str, prompt: str) -> None:
 
 
 def _long_prompt(url: str, model: str) -> None:
-    prompt = "Summarise the following log. " + "GPU 0 utilisation 97 percent, memory held. " * 6000
+    # About 30,000 tokens: within vLLM's 32,768-token context (a longer one is refused at once, and
+    # shows as `truncation`), 20 s of prefill at the simulator's 1,500 tokens/s.
+    prompt = "Summarise the following log. " + "GPU 0 utilisation 97 percent, memory held. " * 2790
     httpx.post(f"{url}/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 8}, timeout=120)
 
 
@@ -367,5 +370,5 @@ def run_demo(console: Console | None = None, keep: bool = False) -> int:
         return Demo(console, keep=keep).run()
     except (DemoError, SimulatorError) as exc:
         console.print(f"[bold red]error[/bold red]: {exc}")
-        return 1
+        return EXIT_FAILURE
 

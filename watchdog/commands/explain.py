@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from watchdog.detect.view import secs
 from watchdog.commands.replay import ReplayResult
+from watchdog.detect.view import secs
 from watchdog.trace.records import Event, LogLine
 
 

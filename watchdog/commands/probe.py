@@ -7,7 +7,6 @@ names), so a probe's output can be kept and replayed.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,13 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from watchdog.config.model import Config
+from watchdog.daemon.builder import make_suite
 from watchdog.probes.base import MonotonicClock
-from watchdog.daemon.recorder import build_header
-from watchdog.probes.suite import ProbeSuite
+from watchdog.probes.round import run_round
 from watchdog.trace.io import dumps_record
 from watchdog.trace.records import (
     Canary,
-    GpuDevice,
     GpuSample,
     Header,
     LogLine,
@@ -63,39 +61,14 @@ async def probe_once(
     clock = MonotonicClock()
     records: list[Record] = []
     started = time.monotonic()
-    suite = ProbeSuite(config, clock, records.append, targets=targets, **(suite_options or {}))
-    skipped: dict[str, str] = {}
+    suite = make_suite(config, clock, records.append, targets=targets, **(suite_options or {}))
     try:
-        try:  # containers' ids before the GPU round; a hung Docker engine costs at most 10 s
-            async with asyncio.timeout(10.0):
-                await asyncio.to_thread(suite.attributor.refresh)
-        except TimeoutError:
-            pass
-        await suite.processes.prime()
-        if suite.gpu is not None:
-            await suite.gpu.round()
-
-        async def one_target(name: str) -> None:
-            probes = suite.targets[name]
-            await probes.server.round()
-            if canary:
-                sent = await probes.canary.round(force=True)
-                if sent is None:
-                    skipped[name] = probes.canary.last_skip
-            else:
-                skipped[name] = "not asked (--no-canary)"
-            if logs and probes.logs is not None:
-                await probes.logs.recent(log_lines)
-
-        await asyncio.gather(*(one_target(name) for name in suite.targets))
-        await suite.processes.round()
-        devices: list[GpuDevice] = suite.gpu.devices if suite.gpu is not None else []
-        header = build_header(config, devices, target_gpus=suite.target_gpus(), targets=list(suite.targets),
-                              wall_zero=clock.wall_start)
+        notes = await run_round(suite, canary=canary, logs=logs, log_lines=log_lines)
+        header = suite.header(clock.wall_start)
         return ProbeReport(
             header=header,
             records=sorted(records, key=lambda r: r.t or 0.0),
-            canary_skipped=skipped,
+            canary_skipped=notes.canary_skipped,
             gpu_status=suite.gpu.status if suite.gpu is not None else "disabled (gpu_backend = none)",
             gpu_timings=suite.gpu.timings() if suite.gpu is not None else {},
             log_sources={n: p.logs.source.description for n, p in suite.targets.items() if p.logs is not None},

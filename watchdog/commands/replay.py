@@ -14,6 +14,7 @@ from typing import Any
 
 from watchdog.config.model import Config
 from watchdog.detect.engine import DetectionEngine
+from watchdog.detect.factory import make_engine
 from watchdog.detect.finding import Finding
 from watchdog.trace.io import Trace, TraceProblem, iter_trace, open_text
 from watchdog.trace.records import Event, Header, LogLine, Record
@@ -34,7 +35,7 @@ class ReplayResult:
 def replay_trace(trace: Trace, config: Config | None = None) -> ReplayResult:
     """Replay a trace already in memory."""
     result = ReplayResult(trace.header, problems=list(trace.problems))
-    _run(DetectionEngine.for_header(trace.header, config), trace.records, result)
+    _run(make_engine(config, header=trace.header), trace.records, result)
     return result
 
 
@@ -53,7 +54,7 @@ def replay_file(path: str | Path, config: Config | None = None, keep_context: bo
         for item in pending:
             if isinstance(item, TraceProblem):
                 result.problems.append(item)
-        engine = DetectionEngine.for_header(result.header, config)
+        engine = make_engine(config, header=result.header)
         _run(engine, _records(items, result), result, keep_context)
     return result
 

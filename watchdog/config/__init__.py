@@ -1,4 +1,6 @@
-"""Configuration: the schema (model), reading and validating it (load), durations and secrets."""
+"""Configuration: the schema (model), reading and validating it (load), durations and secrets.
+
+Imports no other room of ours; every room may import it."""
 
 from watchdog.config.load import (
     CONFIG_ENV,

@@ -9,7 +9,8 @@ never as values.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from collections.abc import Iterable
+from typing import Annotated, Literal, Union
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -38,6 +39,7 @@ FINDINGS = (
     "oom",
     "degraded",
     "gpu_fault",
+    "truncation",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -158,6 +160,7 @@ class DetectSettings(Section):
 
     stall_after: Positive = 15.0
     busy_stall_after: Positive = 300.0
+    step_stall_after: Positive = 45.0
     canary_failures: int = Field(default=2, ge=1, le=10)
     idle_util_percent: Percent = 10.0
     busy_cpu_percent: float = Field(default=50.0, ge=0)
@@ -170,7 +173,10 @@ class DetectSettings(Section):
     growth_window: Positive = 120.0
     degraded_factor: float = Field(default=4.0, gt=1)
     degraded_canaries: int = Field(default=3, ge=1)
+    degraded_cause_factor: float = Field(default=2.0, gt=1)
+    degraded_window: Positive = 120.0
     oom_clear_after: Duration = 600.0
+    truncation_clear_after: Duration = 3600.0
     ignore_xids: list[int] = Field(default_factory=list)
 
 
@@ -179,6 +185,7 @@ class DetectOverrides(Section):
 
     stall_after: Positive | None = None
     busy_stall_after: Positive | None = None
+    step_stall_after: Positive | None = None
     canary_failures: int | None = Field(default=None, ge=1, le=10)
     idle_util_percent: Percent | None = None
     busy_cpu_percent: float | None = Field(default=None, ge=0)
@@ -191,7 +198,10 @@ class DetectOverrides(Section):
     growth_window: Positive | None = None
     degraded_factor: float | None = Field(default=None, gt=1)
     degraded_canaries: int | None = Field(default=None, ge=1)
+    degraded_cause_factor: float | None = Field(default=None, gt=1)
+    degraded_window: Positive | None = None
     oom_clear_after: Duration | None = None
+    truncation_clear_after: Duration | None = None
     ignore_xids: list[int] | None = None
 
     def apply_to(self, base: DetectSettings) -> DetectSettings:
@@ -281,6 +291,11 @@ class TargetSettings(Section):
             )
         return self
 
+    def gpus_seen(self, found: Iterable[int] = ()) -> list[int]:
+        """The target's GPUs: the configured list, or (``gpus = "auto"``) those its
+        processes were ``found`` on. The one place that reads the "auto" rule."""
+        return list(found) if self.gpus == "auto" else list(self.gpus)
+
     def restart_method(self) -> str:
         """The restart method after resolving "auto"."""
         method = self.restart.method
@@ -298,7 +313,7 @@ class TargetSettings(Section):
 class PolicySettings(Section):
     """When to act, and how much, before handing over to a human."""
 
-    mode: Literal["act", "observe"] = "act"
+    mode: Literal["act", "observe"] = "observe"  # "observe" until actions land
     max_restarts: int = Field(default=3, ge=0)
     restart_window: Positive = 3600.0
     cooldown: Duration = 120.0
@@ -387,13 +402,3 @@ class Config(Section):
             "canary": target.canary.interval,
             "gpu": w.gpu_interval,
         }
-
-
-def model_keys(model: type[BaseModel]) -> list[str]:
-    """The keys a section accepts, for "did you mean" suggestions."""
-    return list(model.model_fields)
-
-
-def dump_public(config: Config) -> dict[str, Any]:
-    """The config as plain data, secrets shown as their references only."""
-    return config.model_dump(mode="json")

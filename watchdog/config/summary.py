@@ -12,7 +12,8 @@ def describe_config(config: Config) -> list[str]:
     if policy.mode == "act":
         lines.append(
             f"policy: act (at most {policy.max_restarts} restart(s) per target per "
-            f"{d(policy.restart_window)}, cooldown {d(policy.cooldown)})"
+            f"{d(policy.restart_window)}, cooldown {d(policy.cooldown)}); this version does not "
+            "act yet: it observes"
         )
     else:
         lines.append("policy: observe (detect and alert, never act)")

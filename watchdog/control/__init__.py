@@ -2,6 +2,9 @@
 socket) and its client (``watchdog.control.client``).
 
 Only the client is imported here: ``watchdogctl status`` should not pay for aiohttp.
+
+May import ``config/``, ``status.model``, ``incidents.model``/``recording``; the server is
+started by the daemon, the client used by ``cli.py``.
 """
 
 from watchdog.control.client import SOCKET_ENV, ControlClient, ControlError, DaemonUnreachable

@@ -1,5 +1,6 @@
-"""The daemon (``watchdogctl run``): wires probes → pipeline → detect → incidents and schedules them.
+"""The daemon (``watchdogctl run``): builds its parts (builder.py), schedules per-target workers,
+moves records through the pipeline to detect and incidents, and drives the listeners.
 
-It may import every room below it (probes, detect, incidents, status, control,
-config, trace); nothing imports it but ``commands/`` and ``cli.py``.
+May import every room (and ``sim/`` for the simulated GPU table); nothing imports it but
+``commands/`` and ``cli.py``. Listeners plug in through ``watchdog/listener.py``.
 """

@@ -17,28 +17,15 @@ from collections.abc import Callable, Iterable
 
 from loguru import logger
 
-from watchdog.config.model import Config
+from watchdog.daemon.recorder import FlightRecorder
 from watchdog.detect.engine import DetectionEngine
 from watchdog.detect.finding import Finding
-from watchdog.detect.profile import TargetProfile
 from watchdog.incidents import Incidents
-from watchdog.daemon.recorder import FlightRecorder
 from watchdog.status import LatestRecords
 from watchdog.trace.records import Record
 
 _log = logger.bind(component="pipeline")
 _BATCH = 256
-
-
-def make_engine(config: Config, gpu_totals: dict[int, float] | None = None) -> DetectionEngine:
-    """A detection engine for the enabled targets of a config."""
-    profiles = []
-    for target in config.targets:
-        if not target.enabled:
-            continue
-        gpus = () if target.gpus == "auto" else tuple(target.gpus)
-        profiles.append(TargetProfile(target.name, target.kind, gpus, config.detect_for(target)))
-    return DetectionEngine(profiles, config.detect, gpu_totals)
 
 
 class Pipeline:

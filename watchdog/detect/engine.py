@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from watchdog.config.model import Config, DetectSettings
+from watchdog.config.model import DetectSettings
 from watchdog.detect.base import TargetDetector, Verdict
 from watchdog.detect.degraded import DegradedDetector
 from watchdog.detect.down import DownDetector
@@ -19,13 +19,13 @@ from watchdog.detect.hang import HangDetector
 from watchdog.detect.memory import MemoryGrowthDetector
 from watchdog.detect.oom import FragmentationDetector, OomDetector
 from watchdog.detect.profile import TargetProfile
+from watchdog.detect.truncation import TruncationDetector
 from watchdog.detect.unload import UnloadDetector
 from watchdog.detect.view import TargetView
 from watchdog.trace.records import (
     Canary,
     Event,
     GpuSample,
-    Header,
     LogLine,
     ProcessSample,
     Record,
@@ -41,6 +41,7 @@ DETECTORS: tuple[type[TargetDetector], ...] = (
     FragmentationDetector,
     OomDetector,
     DegradedDetector,
+    TruncationDetector,
 )
 
 
@@ -80,31 +81,11 @@ class DetectionEngine:
         self.now = 0.0
         self._active: dict[tuple[str, str], Finding] = {}
 
-    @classmethod
-    def for_header(cls, header: Header, config: Config | None = None) -> "DetectionEngine":
-        """An engine for a trace: targets from its header, thresholds from a config if given."""
-        defaults = config.detect if config is not None else DetectSettings()
-        configured = {t.name: t for t in config.targets} if config is not None else {}
-        profiles = []
-        for target in header.targets:
-            settings = config.detect_for(configured[target.name]) if target.name in configured else defaults
-            profiles.append(TargetProfile(target.name, target.kind, tuple(target.gpus), settings))
-        for name, target in configured.items():
-            if header.target(name) is None:
-                gpus = () if target.gpus == "auto" else tuple(target.gpus)
-                profiles.append(TargetProfile(name, target.kind, gpus, config.detect_for(target)))  # type: ignore[union-attr]
-        totals = {g.index: float(g.mem_total_mib) for g in header.gpus if g.mem_total_mib}
-        return cls(profiles, defaults, totals)
-
     def _add(self, profile: TargetProfile) -> _Target:
         target = _Target(profile)
         target.view.gpu_totals = self.gpu_totals
         self.targets[profile.name] = target
         return target
-
-    def target_view(self, name: str) -> TargetView | None:
-        target = self.targets.get(name)
-        return target.view if target else None
 
     def active(self) -> list[Finding]:
         """The findings raised now, oldest first."""
@@ -154,6 +135,9 @@ class DetectionEngine:
         for detector in target.for_record(record):
             verdict = detector.observe(record)
             if verdict is not None:
+                if verdict.raise_ and "model" not in verdict.evidence and target.view.models:
+                    # Which model was served, for incidents and `watchdogctl report`.
+                    verdict.evidence["model"] = ", ".join(sorted(target.view.models))
                 finding = self._apply(name, detector.finding, verdict)
                 if finding is not None:
                     detector.active = verdict.raise_

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 FindingKind = Literal[
-    "hang", "down", "failed_unload", "memory_growth", "fragmentation", "oom", "degraded", "gpu_fault"
+    "hang", "down", "failed_unload", "memory_growth", "fragmentation", "oom", "degraded", "gpu_fault", "truncation"
 ]
 FindingState = Literal["raised", "cleared"]
 
@@ -21,6 +21,7 @@ SEVERITY: dict[str, str] = {
     "gpu_fault": "critical",
     "memory_growth": "warning",
     "degraded": "warning",
+    "truncation": "warning",
 }
 
 

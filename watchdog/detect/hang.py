@@ -6,7 +6,12 @@ Progress is the thing to watch, not any single signal. Four ways to know:
    generated-token counter standing still. With the GPU (and, where the server
    computes on the CPU, the CPU) idle, ``stall_after`` of that is a hang; a
    busy GPU without tokens is a long prefill, or a collective spinning at 100%,
-   so only ``busy_stall_after`` of it is.
+   so only ``busy_stall_after`` of it is. Where the server also counts engine
+   steps (llama.cpp ``n_decode_total``, vLLM ``iteration_tokens_total``), a
+   busy GPU with no step, no token, no prompt token, no KV-cache change and a
+   canary failing for ``step_stall_after`` is a stuck collective: a prefill
+   steps (llama.cpp) or grows the KV cache and lets canaries through (vLLM's
+   chunked prefill), a collective that never completes does neither.
 2. **Canaries** (every kind; the only way on Ollama): ``canary_failures``
    canaries in a row that got no token, with the server holding memory and not
    loading. One failed canary in an otherwise healthy picture is noise.
@@ -75,7 +80,8 @@ class HangDetector(TargetDetector):
                           rule="nccl_log", line=record.line[:500])
         if self.active or not isinstance(record, (ServerPoll, GpuSample, Canary, ProcessSample)):
             return None
-        return self._frozen(t) or self._counter_stall(t) or self._canary_stall(t) or self._failing(t)
+        return (self._frozen(t) or self._step_stall(t) or self._counter_stall(t) or self._canary_stall(t)
+                or self._failing(t))
 
     def _reset(self) -> None:
         self.failures.clear()
@@ -150,6 +156,44 @@ class HangDetector(TargetDetector):
                           rule="counters_busy", **evidence)
         return None
 
+    def _step_stall(self, t: float) -> Verdict | None:
+        """No engine step, token, prompt token or KV change, the GPU busy, canaries failing."""
+        view = self.view
+        if not view.has_steps or not view.work_in_flight() or view.state != "ready" or view.poll_progressed:
+            return None
+        if view.restarting(t, self.settings.stall_after):
+            return None
+        since = view.work_since if view.work_since is not None else t
+        for moved in (view.progress_t, view.step_progress_t):
+            if moved is not None:
+                since = max(since, moved)
+        stalled = t - since
+        if stalled < self.settings.step_stall_after or not self._gpu_busy(since, t):
+            return None
+        failed = [c for c in self.failures if c.t >= since]
+        if not failed:
+            return None  # a canary that gets through (or none tried yet) is no proof of a stuck engine
+        work = f"{view.running or 0} request(s) running"
+        if view.waiting:
+            work += f", {view.waiting} waiting"
+        steps = f"step counter at {view.steps:.0f}" if view.steps is not None else "no step counter"
+        return raise_(
+            f"no engine step, token or prompt token for {secs(stalled)} with {work} ({steps}) while the GPU "
+            f"stays busy, and canaries fail ({', '.join(_describe_failure(c) for c in failed[-2:])}): "
+            f"a stuck collective; {view.gpu_brief()}",
+            rule="steps_stalled", running=view.running, waiting=view.waiting, steps=view.steps,
+            tokens=view.tokens, prompt_tokens=view.prompt_tokens, kv_cache_usage=view.kv,
+            stalled_s=round(stalled, 1), canaries=len(failed),
+        )
+
+    def _gpu_busy(self, t0: float, t1: float) -> bool:
+        """The GPU (not the CPU) above the idle threshold in at least half the samples of [t0, t1]."""
+        samples = list(self.view.util.between(t0, t1))
+        if len(samples) < 3:
+            return False
+        above = sum(1 for u in samples if u >= self.settings.idle_util_percent)
+        return above >= len(samples) / 2
+
     def _canary_stall(self, t: float) -> Verdict | None:
         failures = self.failures
         if len(failures) < self.settings.canary_failures or not self._holds_work():
@@ -164,7 +208,8 @@ class HangDetector(TargetDetector):
         if view.state == "ready":
             models = ", ".join(view.models) if view.models else "no model"
             alive = f"; the status endpoint still answers ({models} loaded)"
-        evidence = {"canaries": len(failures), "first_failure_started": round(first, 2)}
+        evidence = {"canaries": len(failures), "first_failure_started": round(first, 2),
+                    "detect_s": round(t - first, 1)}
         if not busy:
             return raise_(f"{len(failures)} canaries in a row got no token ({errors}); {view.gpu_brief()}{alive}",
                           rule="canaries", **evidence)

@@ -16,6 +16,16 @@ from watchdog.trace.records import Canary, Event, GpuSample, LoadedModel, Proces
 
 #: A server whose token counter falls has restarted: that is not progress data.
 _RATE_SMOOTHING = 0.3
+#: NVML clock event reasons that slow the GPU down (gpu.py's names), and how to say them.
+SLOWDOWN_REASONS = {
+    "hw_thermal": "hardware thermal slowdown",
+    "sw_thermal": "software thermal slowdown",
+    "hw_power_brake": "power brake (external power signal)",
+    "hw_slowdown": "hardware slowdown",
+    "sw_power_cap": "software power cap",
+}
+#: The trace field of an engine-step counter; older llama.cpp recordings call it decode_calls_total.
+STEP_FIELDS = ("steps_total", "decode_calls_total")
 
 
 class Series:
@@ -74,6 +84,15 @@ class TargetView:
         self.work_since: float | None = None
         self.load_history: deque[tuple[float, int]] = deque(maxlen=64)
         self.served_t: float | None = None
+        # Engine steps, prompt tokens and KV cache: progress a long prefill shows without tokens.
+        self.has_steps = False
+        self.steps: float | None = None
+        self.prompt_tokens: float | None = None
+        self.kv: float | None = None
+        self.step_progress_t: float | None = None
+        # Generation speed under load: (t, mean requests running, tokens/s) between two polls.
+        self.rate_samples: deque[tuple[float, float, float]] = deque(maxlen=256)
+        self._rate_from: tuple[float, float, int] | None = None
         # Canaries.
         self.last_canary: Canary | None = None
         # Main process.
@@ -88,6 +107,8 @@ class TargetView:
         self.gpu_util: dict[int, float | None] = {}
         self.gpu_procs: dict[int, dict[int, float]] = {}
         self.gpu_seen = False
+        self.gpu_throttle: dict[int, list[str]] = {}
+        self.gpu_clock: dict[int, tuple[float | None, float | None]] = {}
         self.util = Series(horizon)
         self.cpu = Series(horizon)
         self.mem = Series(horizon)
@@ -111,6 +132,8 @@ class TargetView:
             self.served_t = poll.t
             self.pid_served = True
         self._update_counters(poll)
+        self._update_steps(poll)
+        self._update_rate(poll)
 
     def _update_counters(self, poll: ServerPoll) -> None:
         t = poll.t
@@ -158,6 +181,66 @@ class TargetView:
                 _RATE_SMOOTHING * rate + (1 - _RATE_SMOOTHING) * self.token_rate
             )
 
+    def _update_steps(self, poll: ServerPoll) -> None:
+        """Engine steps, prompt tokens, KV-cache use: any change is the engine moving."""
+        if poll.state != "ready":
+            return
+        extra = poll.extra or {}
+        steps = next((extra[k] for k in STEP_FIELDS if isinstance(extra.get(k), (int, float))), None)
+        prompt = extra.get("prompt_tokens_total")
+        prompt = prompt if isinstance(prompt, (int, float)) else None
+        moved = False
+        if steps is not None:
+            self.has_steps = True
+            moved |= self.steps is not None and steps != self.steps
+            self.steps = steps
+        if prompt is not None:
+            moved |= self.prompt_tokens is not None and prompt != self.prompt_tokens
+            self.prompt_tokens = prompt
+        if poll.kv_cache_usage is not None:
+            # Only growth: a prefill allocates blocks as it goes; aborted requests free them, stuck or not.
+            moved |= self.kv is not None and poll.kv_cache_usage > self.kv + 1e-9
+            self.kv = poll.kv_cache_usage
+        if moved or self.poll_progressed:
+            self.step_progress_t = poll.t
+
+    def _update_rate(self, poll: ServerPoll) -> None:
+        """A speed sample (tokens/s at a load) from two polls that both saw requests running."""
+        tokens, running = poll.gen_tokens_total, poll.running
+        live = (poll.extra or {}).get("gen_tokens_live", True)  # llama.cpp without /slots: only at the end
+        if poll.state != "ready" or tokens is None or running is None or live is False:
+            self._rate_from = None
+            return
+        previous, self._rate_from = self._rate_from, (poll.t, tokens, running)
+        if previous is None or running <= 0 or previous[2] <= 0:
+            return
+        t0, tokens0, running0 = previous
+        dt = poll.t - t0
+        if dt <= 0 or tokens < tokens0 or dt > 60.0:
+            return
+        self.rate_samples.append((poll.t, (running + running0) / 2.0, (tokens - tokens0) / dt))
+
+    def slowdown(self) -> tuple[list[str], dict[str, object]]:
+        """The GPU slowdown reasons active now on the target's GPUs, and the clock evidence."""
+        reasons: list[str] = []
+        evidence: dict[str, object] = {}
+        for index in sorted(self.gpus):
+            names = [n for n in self.gpu_throttle.get(index, []) if n in SLOWDOWN_REASONS]
+            for name in names:
+                if SLOWDOWN_REASONS[name] not in reasons:
+                    reasons.append(SLOWDOWN_REASONS[name])
+            clock, clock_max = self.gpu_clock.get(index, (None, None))
+            gpu: dict[str, object] = {}
+            if names:
+                gpu["clock_event_reasons"] = names
+            if clock is not None:
+                gpu["sm_clock_mhz"] = clock
+            if clock_max:
+                gpu["sm_clock_max_mhz"] = clock_max
+            if gpu:
+                evidence[f"gpu{index}"] = gpu
+        return reasons, evidence
+
     def update_canary(self, canary: Canary) -> None:
         self.last_canary = canary
         if canary.ok:
@@ -191,6 +274,14 @@ class TargetView:
         self.gpu_seen = True
         self.gpu_util[sample.index] = sample.util
         if sample.error is None:
+            extra = sample.extra or {}
+            throttle = extra.get("throttle")
+            self.gpu_throttle[sample.index] = [str(n) for n in throttle] if isinstance(throttle, list) else []
+            clock, clock_max = extra.get("sm_clock_mhz"), extra.get("sm_clock_max_mhz")
+            self.gpu_clock[sample.index] = (
+                float(clock) if isinstance(clock, (int, float)) else None,
+                float(clock_max) if isinstance(clock_max, (int, float)) else None,
+            )
             self.gpu_procs[sample.index] = mine
             if sample.util is not None:
                 self.util.add(sample.t, sample.util)

@@ -2,6 +2,8 @@
 
 ``discover()`` (scan) does the I/O; ``identify`` and ``placement`` are the pure
 rules it applies; ``render_config`` / ``render_summary`` turn the result into text.
+
+Stands alone: imports no other room of ours; only ``cli.py`` uses it.
 """
 
 from watchdog.discover.found import (

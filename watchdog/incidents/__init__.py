@@ -4,6 +4,9 @@ The daemon uses :class:`Incidents` (async, one worker thread for all I/O);
 actions, alerts and metrics subscribe to ``Incidents.bus`` for
 :class:`IncidentEvent` s. :class:`IncidentManager` and :class:`IncidentStore`
 are the synchronous parts underneath.
+
+May import ``config/``, ``trace/``, ``detect.finding``, ``redact``, ``logs``; never the
+daemon, probes or the listeners (they import it).
 """
 
 from watchdog.incidents.events import EventBus, Listener

@@ -32,6 +32,7 @@ from loguru import logger
 
 from watchdog.config.durations import format_duration
 from watchdog.detect.finding import Finding
+from watchdog.incidents.counters import COUNTS_FLUSH_S, Counts, count_canaries, merge
 from watchdog.incidents.model import (
     Incident,
     IncidentEvent,
@@ -110,6 +111,8 @@ class IncidentManager:
         self._unsaved: dict[int, _Unsaved] = {}
         self._carry_until: float | None = None
         self._next_id = 1
+        self._canary_counts: Counts = {}
+        self._counts_flushed_t: float | None = None
         self._once = LogOnce("incidents")
         #: Problems an operator should see in ``status`` (key -> one line).
         self.problems: dict[str, str] = {}
@@ -161,7 +164,8 @@ class IncidentManager:
         return events
 
     def stop(self) -> None:
-        """A clean stop: recordings synced and closed, the store told so."""
+        """A clean stop: recordings synced and closed, canary counts written, the store told so."""
+        self.count_canaries((), flush=True)
         for live in self._open.values():
             if live.recording:
                 live.recording.close()
@@ -342,6 +346,7 @@ class IncidentManager:
         """Append records to the recordings that are running; then let time pass to the last one."""
         if not records:
             return []
+        self.count_canaries(records)
         events: list[IncidentEvent] = []
         for target, live in list(self._open.items()):
             if live.recording is None:
@@ -359,6 +364,28 @@ class IncidentManager:
         if last is not None:
             events.extend(self.tick(last))
         return events
+
+    def count_canaries(self, records: Sequence[Record], flush: bool = False) -> list[IncidentEvent]:
+        """Canaries sent and failed, for ``watchdogctl report``: written once a minute (and at a clean
+        stop), not on every canary, so the pipeline never waits on an fsync for them; kept for the
+        next try if the store fails. A crash loses at most the last minute's counts."""
+        merge(self._canary_counts, count_canaries(records, self.wall_start))
+        if not self._canary_counts:
+            return []
+        last = max((r.t for r in records if r.t is not None), default=None)
+        if last is not None and self._counts_flushed_t is None:
+            self._counts_flushed_t = last
+        if not flush and (last is None or last - (self._counts_flushed_t or last) < COUNTS_FLUSH_S):
+            return []
+        self._counts_flushed_t = last
+        try:
+            self.store.add_canary_counts(self._canary_counts)
+        except sqlite3.Error as exc:
+            self._problem("canary-counts", f"state store: cannot count canaries ({exc}); kept in memory")
+            return []
+        self._canary_counts = {}
+        self._fine("canary-counts")
+        return []
 
     def _append(self, recording: RecordingFile, records: Sequence[Record], key: str) -> None:
         try:
@@ -488,6 +515,7 @@ class IncidentManager:
             return
         try:
             files = self.store.delete_closed_before(self._wall(t) - self.retention)
+            self.store.delete_canary_counts_before(self._wall(t) - self.retention)
         except sqlite3.Error as exc:
             _log.warning(f"state store: cannot forget old incidents ({exc})")
             return

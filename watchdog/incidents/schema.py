@@ -70,6 +70,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         ),
     ),
+    Migration(
+        2,
+        "canaries sent and failed per target, model and hour (for `watchdogctl report`)",
+        (
+            """CREATE TABLE canary_counts (
+                target TEXT NOT NULL,
+                model TEXT NOT NULL,
+                hour REAL NOT NULL,
+                sent INTEGER NOT NULL DEFAULT 0,
+                failed INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (target, model, hour)
+            )""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

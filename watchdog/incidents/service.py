@@ -35,7 +35,7 @@ from watchdog.incidents.recording import DEFAULT_MAX_BYTES
 from watchdog.incidents.store import DB_NAME, IncidentStore, StoreError
 from watchdog.logs import LogOnce
 from watchdog.redact import NO_SECRETS, Redactor
-from watchdog.trace.records import Header, Record
+from watchdog.trace.records import Canary, Header, Record
 
 T = TypeVar("T")
 _log = logger.bind(component="incidents")
@@ -132,9 +132,14 @@ class Incidents:
     # --- feeding ------------------------------------------------------------------------------
 
     async def on_records(self, records: Sequence[Record]) -> list[IncidentEvent]:
-        """Every batch of observations: appended to the recordings that are running."""
-        if not records or not self._wants_records or self._manager is None:
+        """Every batch of observations: appended to the recordings that are running; canaries counted."""
+        if not records or self._manager is None:
             return []
+        if not self._wants_records:  # nothing records: only the canaries matter (counted for the report)
+            canaries = [r for r in records if isinstance(r, Canary)]
+            if not canaries:
+                return []
+            return await self._mutate(lambda m: m.count_canaries(canaries))
         batch = list(records)
         return await self._mutate(lambda m: m.record(batch))
 

@@ -240,7 +240,29 @@ class IncidentStore:
             )
         return [row[0] for row in rows if row[0]]
 
+    def add_canary_counts(self, counts: dict[tuple[str, str, float], tuple[int, int]]) -> None:
+        """Add canaries (sent, failed) per (target, model, hour start) to the persisted counts."""
+        with self.transaction():
+            self._conn.executemany(
+                "INSERT INTO canary_counts (target, model, hour, sent, failed) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (target, model, hour) DO UPDATE SET sent = sent + excluded.sent,"
+                " failed = failed + excluded.failed",
+                [(target, model, hour, sent, failed) for (target, model, hour), (sent, failed) in counts.items()],
+            )
+
+    def delete_canary_counts_before(self, before: float) -> None:
+        self._conn.execute("DELETE FROM canary_counts WHERE hour < ?", (before,))
+
     # --- reads --------------------------------------------------------------------------------
+
+    def canary_counts(self, since: float | None = None) -> list[tuple[str, str, int, int]]:
+        """(target, model, sent, failed) summed over the hours from ``since`` on."""
+        rows = self._conn.execute(
+            "SELECT target, model, SUM(sent), SUM(failed) FROM canary_counts WHERE hour >= ?"
+            " GROUP BY target, model ORDER BY target, model",
+            (since if since is not None else float("-inf"),),
+        ).fetchall()
+        return [(row[0], row[1], int(row[2]), int(row[3])) for row in rows]
 
     def get_meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

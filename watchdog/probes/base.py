@@ -31,6 +31,3 @@ class MonotonicClock:
 
     def __call__(self) -> float:
         return time.monotonic() - self._zero
-
-    def to_wall(self, t: float) -> float:
-        return self.wall_start + t

@@ -369,8 +369,13 @@ class CanaryProbe:
         Never waits behind another canary to the same server: if one is in
         flight, returns None at once, even with ``force``.
         """
+        return await self.send(self.decide(), force=force)
+
+    async def send(self, decision: Decision, *, force: bool = False) -> Canary | None:
+        """Carry out a decision made by :meth:`decide` (made once: the daemon's tick decides,
+        then sends). Returns None at once if the decision says no (unless ``force``) or a
+        canary is already in flight."""
         now = self.clock()
-        decision = self.planner.decide(now)
         if self.planner.in_flight or (not decision.send and not force):
             self.last_skip = decision.reason
             return None

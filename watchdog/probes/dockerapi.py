@@ -101,12 +101,6 @@ class DockerAccess:
             self._cache[name] = (now, info)
         return info
 
-    def logs_stream(self, name: str) -> Any:
-        """A blocking iterator over new log output of a container (bytes chunks), closable."""
-        client = self.client()
-        container = client.containers.get(name)
-        return container.logs(stream=True, follow=True, tail=0, stdout=True, stderr=True)
-
     def logs_tail(self, name: str, lines: int) -> bytes:
         client = self.client()
         container = client.containers.get(name)

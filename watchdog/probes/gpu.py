@@ -1,7 +1,7 @@
 """The GPU probe: one ``GpuSample`` per device per round, read through NVML (or the simulator's copy).
 
 Per device: utilisation, memory, temperature, power, clock event (throttle)
-reasons, and every so often ECC and remapped-row counts; per process: used
+reasons, the SM clock and its maximum, and every so often ECC and remapped-row counts; per process: used
 memory and, where the driver keeps samples, utilisation; each process tagged
 with the target it belongs to (``attribute``). A background thread waits on
 XID critical-error events (:class:`XidWatcher`).
@@ -432,6 +432,13 @@ class GpuProbe:
                 names = throttle_names(int(reasons))
                 if names:
                     extra["throttle"] = names
+            sm = nvml.const("NVML_CLOCK_SM", 1)
+            clock = _optional(nvml, i, "nvmlDeviceGetClockInfo", h, sm)
+            if clock is not None:
+                extra["sm_clock_mhz"] = int(clock)
+                clock_max = _optional(nvml, i, "nvmlDeviceGetMaxClockInfo", h, sm)
+                if clock_max:
+                    extra["sm_clock_max_mhz"] = int(clock_max)
             procs = self._processes(device, extra)
             if device.mig:
                 extra["mig"] = self._mig_memory(device)

@@ -2,7 +2,8 @@
 
 Only lines that are evidence for a finding are passed on as ``LogLine``
 records: out-of-memory errors (CUDA, PyTorch, llama.cpp, Ollama), NCCL errors
-and watchdog timeouts, Ollama's unload and truncation warnings, dying
+and watchdog timeouts, Ollama's unload and truncation warnings, prompts
+refused for the context (llama.cpp, vLLM), the KV cache's size, dying
 runners and engines, and the final line of a Python traceback (the one that
 names the error). Each carries the name of the pattern that matched.
 """
@@ -27,6 +28,11 @@ PATTERNS: tuple[tuple[str, str], ...] = (
     ("vram_not_recovered", r"gpu VRAM usage didn't recover within timeout"),
     ("runner_terminated", r"llama runner process has terminated|llama runner process no longer running"),
     ("prompt_truncated", r"truncating input prompt"),
+    # Prompts longer than the context, refused (llama.cpp, vLLM) or cut (older llama.cpp).
+    ("context_exceeded", r"exceeds the available context size|maximum context length is \d+ tokens"
+                         r"|is longer than the maximum model length|input truncated, n_ctx"),
+    # The KV cache's size per token of context: what a longer context costs (llama.cpp, Ollama).
+    ("kv_cache_size", r"llama_kv_cache\w*:\s+size\s*=\s*[\d.]+ MiB \(\s*\d+ cells"),
     # vLLM's engine.
     ("engine_dead", r"EngineDeadError|AsyncEngineDeadError|Engine loop has died|engine core .*died"),
     # Crashes.

@@ -184,12 +184,9 @@ class TimedNvml:
             return {name: stats.as_dict() for name, stats in sorted(self._stats.items())}
 
 
-def load_table(backend: str, sim_gpu_dir: str = "") -> Any:
-    """The function table for a backend name: the pynvml module, or the simulator's reader."""
-    if backend == "sim":
-        from watchdog.sim.nvml import SimNvml
-
-        return SimNvml(sim_gpu_dir)
+def load_table(backend: str) -> Any:
+    """The function table for a real backend name: the pynvml module. (The simulator's
+    table, for ``gpu_backend = "sim"``, is handed in by whoever builds the probe suite.)"""
     if backend in ("nvml", "auto"):
         return pynvml
     raise ValueError(f"no NVML table for gpu_backend {backend!r}")

@@ -20,7 +20,7 @@ until cancelled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,8 @@ from watchdog.probes.gpu import GpuProbe
 from watchdog.probes.logwatch import LogProbe, source_for
 from watchdog.probes.nvml import load_table
 from watchdog.probes.processes import ProcessProbe
-from watchdog.trace.records import ServerPoll
+from watchdog.trace.header import build_header
+from watchdog.trace.records import Header, ServerPoll
 
 PollListener = Callable[[ServerPoll], None]
 
@@ -100,12 +101,15 @@ class ProbeSuite:
         journal_command: Sequence[str] = ("journalctl",),
         systemctl: Sequence[str] = ("systemctl",),
         targets: Sequence[str] | None = None,
+        reuse: ProbeSuite | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.emit = emit
         enabled = [t for t in config.targets if t.enabled]
         chosen = [t for t in enabled if targets is None or t.name in targets]
+        if docker is None and reuse is not None:
+            docker = reuse.docker
         if docker is None and any(t.container for t in enabled):
             docker = DockerAccess()
         self.docker = docker
@@ -114,6 +118,10 @@ class ProbeSuite:
         self.attributor = Attributor(enabled, docker=docker, systemctl=systemctl)
         self.targets: dict[str, TargetProbes] = {}
         for settings in chosen:
+            kept = reuse.targets.get(settings.name) if reuse is not None else None
+            if kept is not None and reuse is not None and reuse.same_target(settings, config):
+                self.targets[settings.name] = kept  # unchanged: its probes (and their state) carry on
+                continue
             adapter = make_adapter(settings, clock, transport=transport)
             canary = CanaryProbe(adapter, settings.canary, clock, emit)
             server = ServerProbe(adapter, emit, listeners=[canary.note_poll])
@@ -124,11 +132,15 @@ class ProbeSuite:
         self.gpu = self._make_gpu(gpu_table)
 
     def _make_gpu(self, table: Any) -> GpuProbe | None:
+        """The GPU probe over an NVML function table. The simulator's table is handed in by
+        whoever builds the suite (``probes/`` never imports ``sim/``)."""
         settings = self.config.watchdog
         if table is None:
             if settings.gpu_backend == "none":
                 return None
-            table = load_table(settings.gpu_backend, settings.sim_gpu_dir)
+            if settings.gpu_backend == "sim":
+                raise ValueError('gpu_backend = "sim": hand the simulated NVML table to ProbeSuite(gpu_table=...)')
+            table = load_table(settings.gpu_backend)
         return GpuProbe(
             table,
             self.clock,
@@ -138,17 +150,34 @@ class ProbeSuite:
             required=settings.gpu_backend in ("nvml", "sim"),
         )
 
+    def header(self, wall_zero: float | None = None) -> Header:
+        """The trace header for what this suite probes: the GPUs seen, its targets and their GPUs."""
+        devices = list(self.gpu.devices) if self.gpu is not None else []
+        return build_header(self.config, devices, target_gpus=self.target_gpus(), targets=list(self.targets),
+                            wall_zero=wall_zero)
+
     def target_gpus(self) -> dict[str, list[int]]:
         """Each target's GPUs: configured, or found from its processes (``gpus = "auto"``)."""
         return {name: self.attributor.gpus_of(name) for name in self.targets}
 
-    async def aclose(self) -> None:
-        for probes in self.targets.values():
+    def same_target(self, settings: TargetSettings, config: Config) -> bool:
+        """Whether ``settings`` under ``config`` would build the same probes as this suite has
+        (then a reload keeps them, and the target's worker, running)."""
+        probes = self.targets.get(settings.name)
+        return probes is not None and probes.settings == settings and (
+            self.config.intervals_for(settings)["poll"] == config.intervals_for(settings)["poll"])
+
+    async def aclose(self, *, keep: Iterable[str] = (), keep_docker: bool = False) -> None:
+        """Close every probe; ``keep``: targets whose probes a newer suite took over."""
+        kept = set(keep)
+        for name, probes in self.targets.items():
+            if name in kept:
+                continue
             await probes.adapter.aclose()
             if probes.logs is not None:
                 probes.logs.source.close()
         if self.gpu is not None:
             await asyncio.to_thread(self.gpu.close)
         self.processes.close()
-        if self.docker is not None:
+        if self.docker is not None and not keep_docker:
             self.docker.close()

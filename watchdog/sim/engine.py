@@ -90,6 +90,8 @@ class Counters:
     prompt_seconds: float = 0.0
     decode_seconds: float = 0.0
     decode_steps: int = 0
+    output_steps: int = 0  # steps that produced a token: what vLLM's iteration_tokens_total counts
+    output_step_tokens: int = 0
     created: float = field(default_factory=time.time)
 
 
@@ -494,6 +496,7 @@ class Engine:
             self.running.append(req)
         slow = self.faults.slow_factor()
         progressed = False
+        tokens_before = self.counters.generation_tokens
         for req in list(self.running):
             if hang_limit is not None and req.emitted >= hang_limit:
                 continue
@@ -527,6 +530,9 @@ class Engine:
         if progressed:
             self._busy_until = now + 0.3
             self.counters.decode_steps += 1
+        if self.counters.generation_tokens > tokens_before:
+            self.counters.output_steps += 1
+            self.counters.output_step_tokens += self.counters.generation_tokens - tokens_before
 
     # -- background jobs ----------------------------------------------------------------------
     async def _housekeeping(self) -> None:
@@ -636,7 +642,8 @@ class Engine:
         procs = [ProcUse(dev.index, pid, mib * share, util if pid in busy_holders else 0)
                  for dev in self.cfg.gpus for pid, mib in holders.items()]
         return GpuSnapshot(util={dev.index: util for dev in self.cfg.gpus}, procs=procs,
-                           slow=self.faults.active("slow"))
+                           slow=self.faults.active("slow"),
+                           slow_cause=str(self.faults.param("slow", "cause") or "thermal"))
 
     def state_dict(self) -> dict[str, Any]:
         return {

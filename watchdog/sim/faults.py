@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCOPES = ("generation", "all")
+SLOW_CAUSES = ("thermal", "hw_thermal", "power_brake", "hw_slowdown", "power_cap", "none")
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,10 @@ CATALOGUE: dict[str, FaultSpec] = {
         FaultSpec("nccl_hang", {"timeout_s": 600.0, "abort": False},
                   "a stuck collective: no progress, util pinned at 100%; after `timeout_s` the "
                   "PyTorch NCCL watchdog line is logged (and the process exits if `abort`)"),
-        FaultSpec("slow", {"factor": 0.1},
-                  "prefill and decode run at `factor` of their normal rate; the GPU reports "
-                  "thermal slowdown"),
+        FaultSpec("slow", {"factor": 0.1, "cause": "thermal"},
+                  "prefill and decode run at `factor` of their normal rate; the GPU reports the "
+                  "`cause` as its clock event reason (thermal, hw_thermal, power_brake, hw_slowdown, "
+                  "power_cap, or none) and a lower SM clock"),
         FaultSpec("failed_unload", {"report_after_s": 5.0},
                   "unloads (keep_alive 0, expiry, eviction) drop the model from /api/ps but its "
                   "runner keeps running and keeps its GPU memory; after `report_after_s` (Ollama "
@@ -109,6 +111,8 @@ def validate(name: str, params: dict[str, Any], kind: str) -> dict[str, Any]:
         raise FaultError("fault 'garbage': mode must be json, truncate or huge")
     if name == "slow" and not 0 < merged["factor"] <= 1:
         raise FaultError("fault 'slow': factor must be in (0, 1]")
+    if name == "slow" and merged["cause"] not in SLOW_CAUSES:
+        raise FaultError(f"fault 'slow': cause must be one of {', '.join(SLOW_CAUSES)}")
     if name == "http_5xx" and not 500 <= merged["status"] <= 599:
         raise FaultError("fault 'http_5xx': status must be 500..599")
     return merged

@@ -21,6 +21,17 @@ from watchdog.sim.config import GpuDevice
 WRITE_INTERVAL_S = 0.25
 THROTTLE_GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle
 THROTTLE_SW_THERMAL = 0x20  # nvmlClocksEventReasonSwThermalSlowdown
+#: The ``slow`` fault's ``cause`` parameter: the clock event reason the GPU reports with it.
+SLOW_CAUSES = {
+    "thermal": THROTTLE_SW_THERMAL,
+    "hw_thermal": 0x40,  # nvmlClocksEventReasonHwThermalSlowdown
+    "power_brake": 0x80,  # nvmlClocksEventReasonHwPowerBrakeSlowdown
+    "hw_slowdown": 0x8,  # nvmlClocksEventReasonHwSlowdown
+    "power_cap": 0x4,  # nvmlClocksEventReasonSwPowerCap
+    "none": 0,
+}
+SM_CLOCK_MAX_MHZ = 1980
+SM_CLOCK_IDLE_MHZ = 210
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,7 @@ class GpuSnapshot:
     util: dict[int, int] = field(default_factory=dict)
     procs: list[ProcUse] = field(default_factory=list)
     slow: bool = False
+    slow_cause: str = "thermal"
 
 
 class GpuStateWriter:
@@ -55,10 +67,6 @@ class GpuStateWriter:
         self._rng = random.Random(os.getpid())
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def poke(self) -> None:
-        """The state changed: write soon (coalesced with other changes in the same tick)."""
-        self._changed.set()
-
     def add_xid(self, index: int, xid: int, pid: int | None = None) -> dict[str, object]:
         event = {"seq": len(self.xids) + 1, "index": index, "xid": xid, "pid": pid,
                  "time": round(time.time(), 3)}
@@ -75,7 +83,12 @@ class GpuStateWriter:
         devices = []
         for dev in self.devices:
             util = max(0, min(100, snap.util.get(dev.index, 0)))
-            throttle = THROTTLE_SW_THERMAL if snap.slow else (THROTTLE_GPU_IDLE if util == 0 else 0)
+            if snap.slow:
+                throttle = SLOW_CAUSES.get(snap.slow_cause, THROTTLE_SW_THERMAL)
+                clock = SM_CLOCK_MAX_MHZ * 0.35 if throttle else SM_CLOCK_MAX_MHZ * 0.95
+            else:
+                throttle = THROTTLE_GPU_IDLE if util == 0 else 0
+                clock = SM_CLOCK_MAX_MHZ * 0.95 if util > 0 else SM_CLOCK_IDLE_MHZ
             devices.append({
                 "index": dev.index, "name": dev.name, "uuid": dev.uuid,
                 "mem_total_mib": dev.mem_total_mib, "base_used_mib": dev.base_used_mib,
@@ -84,6 +97,8 @@ class GpuStateWriter:
                 "power_w": round(24.0 + 1.25 * util + self._rng.uniform(-1, 1), 1),
                 "lost": dev.index in self.lost,
                 "throttle_reasons": throttle,
+                "sm_clock_mhz": int(clock),
+                "sm_clock_max_mhz": SM_CLOCK_MAX_MHZ,
                 "ecc_dbe": self.ecc_dbe.get(dev.index, 0),
             })
         return {

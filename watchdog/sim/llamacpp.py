@@ -136,7 +136,10 @@ async def _completion(request: web.Request) -> web.StreamResponse:
     n_predict = None if n_predict is None or int(n_predict) < 0 else int(n_predict)
     n_ctx = openai_api.MAX_MODEL_LEN["llamacpp"] // sim.cfg.parallel
     if prompt_tokens > n_ctx:
-        return await error(request, 400, "the request exceeds the available context size, try increasing it")
+        text = (f"request ({prompt_tokens} tokens) exceeds the available context size ({n_ctx} tokens), "
+                "try increasing it")
+        sim.log.line(f"srv    send_error: task id = {engine.counters.decode_steps}, error: {text}")
+        return await error(request, 400, text)
     try:
         req = engine.submit(lm, prompt_tokens, n_predict)
     except SimError as exc:

@@ -26,6 +26,7 @@ from typing import Any
 import pynvml
 from pynvml import (  # noqa: F401 - re-exported: the probe takes constants from its NVML object
     NVML_AGGREGATE_ECC,
+    NVML_CLOCK_SM,
     NVML_MEMORY_ERROR_TYPE_CORRECTED,
     NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
     NVML_TEMPERATURE_GPU,
@@ -68,6 +69,8 @@ class _Device:
     power_w: float = 20.0
     lost: bool = False
     throttle: int = nvmlClocksEventReasonGpuIdle
+    sm_clock_mhz: int = 210
+    sm_clock_max_mhz: int = 1980
     ecc_dbe: int = 0
     procs: list[tuple[int, float, int]] = field(default_factory=list)  # pid, mem_mib, util
 
@@ -244,6 +247,18 @@ class SimNvml:
 
     nvmlDeviceGetCurrentClocksThrottleReasons = nvmlDeviceGetCurrentClocksEventReasons
 
+    def nvmlDeviceGetClockInfo(self, handle: SimDeviceHandle, clock_type: int) -> int:
+        dev = self._device(handle)
+        if clock_type != NVML_CLOCK_SM:
+            raise NVMLError_NotSupported(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return dev.sm_clock_mhz
+
+    def nvmlDeviceGetMaxClockInfo(self, handle: SimDeviceHandle, clock_type: int) -> int:
+        dev = self._device(handle)
+        if clock_type != NVML_CLOCK_SM:
+            raise NVMLError_NotSupported(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return dev.sm_clock_max_mhz
+
     def nvmlDeviceGetTotalEccErrors(self, handle: SimDeviceHandle, error_type: int, counter_type: int) -> int:
         dev = self._device(handle)
         return dev.ecc_dbe if error_type == NVML_MEMORY_ERROR_TYPE_UNCORRECTED else 0
@@ -390,6 +405,10 @@ class SimNvml:
                     dev.power_w = max(dev.power_w, float(raw.get("power_w", 20)))
                 dev.lost = dev.lost or bool(raw.get("lost"))
                 dev.throttle |= int(raw.get("throttle_reasons", 0))
+                if fresh and "sm_clock_mhz" in raw:
+                    dev.sm_clock_mhz = max(dev.sm_clock_mhz, int(raw["sm_clock_mhz"]))
+                if "sm_clock_max_mhz" in raw:
+                    dev.sm_clock_max_mhz = int(raw["sm_clock_max_mhz"])
                 dev.ecc_dbe += int(raw.get("ecc_dbe", 0))
             for proc in data.get("procs", []):
                 index, pid = int(proc["index"]), int(proc["pid"])

@@ -150,11 +150,13 @@ async def _serve(request: web.Request, chat: bool) -> web.StreamResponse:
         max_tokens = 16  # vLLM's default for /v1/completions
     max_len = MAX_MODEL_LEN[sim.cfg.kind]
     if prompt_tokens + int(max_tokens or 0) > max_len:
-        return await error(request, 400, (
-            f"This model's maximum context length is {max_len} tokens. However, you requested "
-            f"{prompt_tokens + int(max_tokens or 0)} tokens ({prompt_tokens} in the messages, "
-            f"{int(max_tokens or 0)} in the completion). Please reduce the length of the messages "
-            "or completion."))
+        text = (f"This model's maximum context length is {max_len} tokens. However, you requested "
+                f"{prompt_tokens + int(max_tokens or 0)} tokens ({prompt_tokens} in the messages, "
+                f"{int(max_tokens or 0)} in the completion). Please reduce the length of the messages "
+                "or completion.")
+        if sim.cfg.kind == "vllm":
+            sim.log.error(f"Error in preprocessing prompt inputs: {text}", source="serving_chat.py:222")
+        return await error(request, 400, text)
     lm = await _model_for(request, name)
     if isinstance(lm, web.StreamResponse):
         return lm
@@ -267,6 +269,9 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     exp.counter("vllm:request_success_total", "Count of successfully processed requests.",
                 [({**labels, "finished_reason": reason}, n) for reason, n in sorted(c.success.items())],
                 c.created)
+    exp.histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+                  labels, ITERATION_BUCKETS, _iteration_counts(c), float(c.output_step_tokens), c.output_steps,
+                  c.created)
     exp.histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
                   labels, c.ttft.buckets, c.ttft.counts, c.ttft.total, c.ttft.n, c.created)
     exp.histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
@@ -276,6 +281,16 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
                  "gpu_memory_utilization": str(sim.cfg.gpu_memory_utilization),
                  "num_gpu_blocks": str(engine.kv_capacity_tokens() // 16)}, 1.0)])
     return prometheus_response(exp)
+
+
+ITERATION_BUCKETS = (1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0)
+
+
+def _iteration_counts(c: Any) -> list[int]:
+    """Cumulative bucket counts; the simulator keeps only the count and sum, so every step lands
+    in the bucket of the mean step size."""
+    mean = c.output_step_tokens / c.output_steps if c.output_steps else 0.0
+    return [c.output_steps if mean <= bound else 0 for bound in ITERATION_BUCKETS]
 
 
 def prometheus_response(exp: Exposition) -> web.Response:

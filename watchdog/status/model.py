@@ -28,7 +28,7 @@ class _Model(BaseModel):
 class ActiveFinding(_Model):
     """A finding the detectors hold raised now."""
 
-    finding: str = Field(description="hang, down, failed_unload, memory_growth, fragmentation, oom, degraded, gpu_fault")
+    finding: str = Field(description="hang, down, failed_unload, memory_growth, fragmentation, oom, degraded, gpu_fault, truncation")
     severity: Literal["warning", "critical"]
     summary: str = Field(description="one line with the evidence, as the detector wrote it (secrets masked)")
     since: datetime = Field(description="when it was raised")

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from watchdog.config.durations import format_duration
+from watchdog.exitcodes import EXIT_CRITICAL, EXIT_DEGRADED, EXIT_OK
 from watchdog.status.model import (
     ActiveFinding,
     GpuStatus,
@@ -22,11 +23,6 @@ from watchdog.status.model import (
     StatusSnapshot,
     TargetStatus,
 )
-
-EXIT_OK = 0
-EXIT_DEGRADED = 1
-EXIT_CRITICAL = 2
-EXIT_UNREACHABLE = 3
 
 _STYLE = {"ok": "green", "degraded": "yellow", "critical": "bold red", "unknown": "dim"}
 

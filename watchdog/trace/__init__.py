@@ -1,4 +1,6 @@
-"""Trace format v1: the observation records and their reader/writer."""
+"""Trace format v1: the observation records (the schema, once), their reader/writer, the header.
+
+May import ``config/`` (for the header) only; every other room imports it."""
 
 from watchdog.trace.io import (
     Trace,

@@ -9,14 +9,16 @@ version, unreadable).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
 import os
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from watchdog.trace.records import (
     Canary,
@@ -143,71 +145,58 @@ def _models(value: Any, name: str) -> list[LoadedModel]:
 
 
 Decoder = Callable[[Any, str], Any]
-# (field, decoder, required, written when None)
-_Spec = tuple[tuple[str, Decoder, bool, bool], ...]
 
-_SPECS: dict[str, tuple[type, _Spec]] = {
-    "gpu": (
-        GpuSample,
-        (
-            ("index", _integer, True, True),
-            ("util", _number, False, True),
-            ("mem_used_mib", _number, False, True),
-            ("procs", _procs, False, True),
-            ("temp_c", _number, False, False),
-            ("power_w", _number, False, False),
-            ("error", _text, False, False),
-        ),
-    ),
-    "xid": (
-        Xid,
-        (("index", _integer, True, True), ("xid", _integer, True, True), ("pid", _integer, False, False)),
-    ),
-    "canary": (
-        Canary,
-        (
-            ("target", _text, True, True),
-            ("model", _text, False, True),
-            ("started", _number, False, True),
-            ("ok", _boolean, True, True),
-            ("error", _text, False, True),
-            ("ttft_s", _number, False, True),
-            ("tokens", _integer, False, True),
-            ("tokens_per_s", _number, False, True),
-        ),
-    ),
-    "server": (
-        ServerPoll,
-        (
-            ("target", _text, True, True),
-            ("state", _text, True, True),
-            ("models", _models, False, True),
-            ("running", _integer, False, False),
-            ("waiting", _integer, False, False),
-            ("gen_tokens_total", _number, False, False),
-            ("kv_cache_usage", _number, False, False),
-            ("error", _text, False, False),
-        ),
-    ),
-    "process": (
-        ProcessSample,
-        (
-            ("target", _text, True, True),
-            ("pid", _integer, False, True),
-            ("status", _text, True, True),
-            ("rss_mib", _number, False, False),
-            ("cpu_percent", _number, False, False),
-        ),
-    ),
-    "log": (LogLine, (("target", _text, True, True), ("line", _text, True, True))),
-    "event": (
-        Event,
-        (("target", _text, True, True), ("event", _text, True, True), ("model", _text, False, False)),
-    ),
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """How one field of a record is read and written, taken from the record class."""
+
+    name: str
+    decode: Decoder
+    required: bool
+    always: bool  # written even when None
+    default: Callable[[], Any]
+
+
+def _decoder(annotation: Any, where: str) -> Decoder:
+    """The decoder for a field's type: int, float (any number), bool, str (and Literals of
+    str), list[GpuProc], list[LoadedModel]; ``X | None`` as X."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is Literal or annotation is str:
+        return _text
+    if get_origin(annotation) is list:
+        item = get_args(annotation)[0]
+        if item in _LIST_DECODERS:
+            return _LIST_DECODERS[item]
+    if annotation in _DECODERS:
+        return _DECODERS[annotation]
+    raise TypeError(f"trace schema: no decoder for {where}: {annotation!r}")
+
+
+def _schema(cls: type) -> tuple[_Field, ...]:
+    """The trace fields of a record class: every dataclass field but ``t`` and ``extra``, in order."""
+    hints = get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in ("t", "extra"):
+            continue
+        optional = type(None) in get_args(hints[f.name])
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        factory = f.default_factory if f.default_factory is not dataclasses.MISSING else (lambda: None)
+        out.append(_Field(f.name, _decoder(hints[f.name], f"{cls.__name__}.{f.name}"),
+                          required=not optional and not has_default, always=not f.metadata.get("omit_none"),
+                          default=factory))
+    return tuple(out)
+
+
+_DECODERS: dict[Any, Decoder] = {int: _integer, float: _number, bool: _boolean}
+_LIST_DECODERS: dict[Any, Decoder] = {GpuProc: _procs, LoadedModel: _models}
+_SPECS: dict[str, tuple[type, tuple[_Field, ...]]] = {
+    cls.type: (cls, _schema(cls)) for cls in (GpuSample, Xid, Canary, ServerPoll, ProcessSample, LogLine, Event)
 }
 _CLASS_SPECS = {cls: (name, spec) for name, (cls, spec) in _SPECS.items()}
-_KNOWN = {name: frozenset({"t", "type", *(f[0] for f in spec)}) for name, (_, spec) in _SPECS.items()}
-_LIST_DEFAULTS = {"procs", "models"}
+_KNOWN = {name: frozenset({"t", "type", *(f.name for f in spec)}) for name, (_, spec) in _SPECS.items()}
 
 
 def decode_record(data: dict[str, Any]) -> Record:
@@ -222,14 +211,15 @@ def decode_record(data: dict[str, Any]) -> Record:
         raise _Bad('no "t" field')
     cls, spec = _SPECS[kind]
     values: dict[str, Any] = {"t": _number(t, "t")}
-    for name, decoder, required, _ in spec:
+    for spec_field in spec:
+        name = spec_field.name
         value = data.get(name)
         if value is None:
-            if required:
+            if spec_field.required:
                 raise _Bad(f'{kind} record without "{name}"')
-            values[name] = [] if name in _LIST_DEFAULTS else None
+            values[name] = spec_field.default()
             continue
-        values[name] = decoder(value, name)
+        values[name] = spec_field.decode(value, name)
     known = _KNOWN[kind]
     values["extra"] = {} if known.issuperset(data) else {k: v for k, v in data.items() if k not in known}
     return cls(**values)
@@ -241,9 +231,10 @@ def encode_record(record: Record) -> dict[str, Any]:
         return dict(record.raw)
     kind, spec = _CLASS_SPECS[type(record)]
     out: dict[str, Any] = {"t": round(record.t, 3), "type": kind}
-    for name, _, _, always in spec:
+    for spec_field in spec:
+        name = spec_field.name
         value = getattr(record, name)
-        if value is None and not always:
+        if value is None and not spec_field.always:
             continue
         if name == "procs":
             value = [_with_extra({"pid": p.pid, "mem_mib": p.mem_mib, "target": p.target}, p.extra) for p in value]

@@ -1,4 +1,4 @@
-"""The observation records of trace format v1 (see docs/trace-v1.md).
+"""The observation records of trace format v1 (see docs/trace-v1.md), and with them the schema.
 
 Every probe emits these, the flight recorder stores them, the detectors and
 ``replay`` consume them. They are plain slotted dataclasses: cheap to build in
@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
+
+OMIT_NONE = {"omit_none": True}
+"""Field metadata: the trace writer leaves the field out when it is None. The reader and the
+writer (``trace/io.py``) take every record's fields, types, defaults and this mark from the
+classes below: adding a field to a record is one line here."""
 
 ServerState = Literal["ready", "loading", "down", "error"]
 ProcessStatus = Literal["running", "sleeping", "stopped", "zombie", "gone"]
@@ -85,11 +90,11 @@ class GpuSample:
     t: float
     index: int
     util: float | None
-    mem_used_mib: int | None
+    mem_used_mib: float | None  # MiB; any number (NVML gives whole MiB, a trace may not)
     procs: list[GpuProc] = field(default_factory=list)
-    temp_c: float | None = None
-    power_w: float | None = None
-    error: str | None = None
+    temp_c: float | None = field(default=None, metadata=OMIT_NONE)
+    power_w: float | None = field(default=None, metadata=OMIT_NONE)
+    error: str | None = field(default=None, metadata=OMIT_NONE)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -101,7 +106,7 @@ class Xid:
     t: float
     index: int
     xid: int
-    pid: int | None = None
+    pid: int | None = field(default=None, metadata=OMIT_NONE)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -135,11 +140,11 @@ class ServerPoll:
     target: str
     state: ServerState
     models: list[LoadedModel] = field(default_factory=list)
-    running: int | None = None
-    waiting: int | None = None
-    gen_tokens_total: float | None = None
-    kv_cache_usage: float | None = None
-    error: str | None = None
+    running: int | None = field(default=None, metadata=OMIT_NONE)
+    waiting: int | None = field(default=None, metadata=OMIT_NONE)
+    gen_tokens_total: float | None = field(default=None, metadata=OMIT_NONE)
+    kv_cache_usage: float | None = field(default=None, metadata=OMIT_NONE)
+    error: str | None = field(default=None, metadata=OMIT_NONE)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -152,8 +157,8 @@ class ProcessSample:
     target: str
     status: ProcessStatus
     pid: int | None = None
-    rss_mib: float | None = None
-    cpu_percent: float | None = None
+    rss_mib: float | None = field(default=None, metadata=OMIT_NONE)
+    cpu_percent: float | None = field(default=None, metadata=OMIT_NONE)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -176,7 +181,7 @@ class Event:
     t: float
     target: str
     event: str
-    model: str | None = None
+    model: str | None = field(default=None, metadata=OMIT_NONE)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

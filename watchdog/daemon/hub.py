@@ -1,0 +1,104 @@
+"""The running daemon's live state, and what listeners may use of it (:class:`watchdog.listener.Hub`).
+
+The daemon writes it (config, header, suite, ready, last reload); listeners and
+the control socket read it. ``status()`` builds the snapshot ``watchdogctl
+status`` shows.
+"""
+
+from __future__ import annotations
+
+from watchdog.config import Config
+from watchdog.daemon.pipeline import Pipeline
+from watchdog.incidents import Incidents
+from watchdog.probes.attribution import Attributor
+from watchdog.probes.base import MonotonicClock
+from watchdog.probes.suite import ProbeSuite
+from watchdog.redact import Redactor
+from watchdog.status import DaemonInfo, LatestRecords, ReloadStatus, StatusSnapshot, build_status
+from watchdog.trace.records import Canary, Header, Record
+
+
+class DaemonHub:
+    """Live state shared by the daemon, its listeners and the control socket."""
+
+    def __init__(self, config_path: str, config: Config, clock: MonotonicClock, redactor: Redactor,
+                 incidents: Incidents, latest: LatestRecords, pipeline: Pipeline) -> None:
+        self.config_path = config_path
+        self._config = config
+        self.clock = clock
+        self.redactor = redactor
+        self.incidents = incidents
+        self.latest = latest
+        self.pipeline = pipeline
+        self._header = Header()
+        self.suite: ProbeSuite | None = None
+        self.ready = False
+        self.last_reload: ReloadStatus | None = None
+        # Whether a listener carries out actions: until one does, status says "observe"
+        # whatever policy.mode asks for (the act listener sets it when it starts).
+        self.acts = False
+
+    # --- what listeners read --------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self._config = config
+
+    @property
+    def header(self) -> Header:
+        return self._header
+
+    @header.setter
+    def header(self, header: Header) -> None:
+        self._header = header
+
+    def emit(self, record: Record) -> None:
+        """Put a record into the pipeline (on the loop's thread)."""
+        self.pipeline.emit(record)
+
+    def attributor(self) -> Attributor | None:
+        return self.suite.attributor if self.suite is not None else None
+
+    async def canary_now(self, target: str) -> Canary | None:
+        suite = self.suite
+        if suite is None or target not in suite.targets:
+            return None
+        return await suite.targets[target].canary.round(force=True)
+
+    async def status(self) -> StatusSnapshot:
+        config = self._config
+        return build_status(
+            header=self._header,
+            polls=self.latest.polls,
+            canaries=self.latest.canaries,
+            gpu_samples=self.latest.gpus,
+            xids=self.latest.xids,
+            findings=self.pipeline.engine.active(),
+            incidents=self.incidents.open_incidents.values(),
+            daemon=DaemonInfo(
+                config_path=self.config_path,
+                host=self._header.host,
+                mode=config.policy.mode if self.acts else "observe",
+                ready=self.ready,
+                last_reload=self.last_reload,
+                problems=self.incidents.problems,
+            ),
+            now=self.clock(),
+            wall_start=self.clock.wall_start,
+            stale_after=stale_after(config),
+            redactor=self.redactor,
+        )
+
+
+def stale_after(config: Config) -> float:
+    """How old a target's last observation may be before status calls it unknown."""
+    slowest = max([config.watchdog.gpu_interval]
+                  + [max(config.intervals_for(t)["poll"], config.intervals_for(t)["process"])
+                     for t in config.targets if t.enabled] or [0.0])
+    return max(120.0, 3 * slowest)
+
+

@@ -1,0 +1,201 @@
+"""Scheduling: one worker per target, plus the host-wide jobs (GPU, processes, housekeeping).
+
+Modelled on kubelet's prober workers: each target's :class:`TargetWorker` owns
+its jobs (status poll, canary tick, log follower), so a reload adds, removes or
+replaces the workers of the targets that changed and leaves the others running.
+APScheduler runs the periodic jobs (no overlapping runs, missed runs
+coalesced); every job has a deadline and never raises into the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from loguru import logger
+
+from watchdog.config import Config
+from watchdog.probes.suite import ProbeSuite, TargetProbes
+
+_log = logger.bind(component="daemon")
+CANARY_TICK_S = 1.0
+HOUSEKEEPING_S = 5.0
+
+Job = Callable[[], Awaitable[Any]]
+
+
+class Scheduler:
+    """Owns the APScheduler instance, the host-wide jobs and one worker per target.
+
+    ``on_done(name)`` is called after every run of a job (progress for systemd's
+    watchdog, the first-round bookkeeping for readiness).
+    """
+
+    def __init__(self, on_done: Callable[[str], None] = lambda name: None) -> None:
+        self.on_done = on_done
+        self.workers: dict[str, TargetWorker] = {}
+        self._scheduler: AsyncIOScheduler | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None
+
+    def start(self) -> None:
+        self._scheduler = AsyncIOScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+        )
+        self._scheduler.start()
+
+    async def stop(self) -> None:
+        for name in list(self.workers):
+            await self.remove_worker(name)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    def every(self, name: str, seconds: float, job: Job, deadline: float, *, now: bool = True) -> None:
+        """Run ``job`` every ``seconds`` (the first run at once if ``now``); replaces a job of that name."""
+        assert self._scheduler is not None, "start() first"
+        first = {"next_run_time": datetime.now(timezone.utc)} if now else {}  # (None would pause it)
+        self._scheduler.add_job(self.guarded(name, job, deadline), "interval", seconds=max(seconds, 0.1), id=name,
+                                name=name, replace_existing=True, **first)
+
+    def tick(self, name: str, seconds: float, job: Job) -> None:
+        """A light job that decides whether to start work (no deadline, no progress mark)."""
+        assert self._scheduler is not None, "start() first"
+        self._scheduler.add_job(job, "interval", seconds=seconds, id=name, name=name,
+                                next_run_time=datetime.now(timezone.utc), replace_existing=True)
+
+    def cancel(self, name: str) -> None:
+        if self._scheduler is not None and self._scheduler.get_job(name) is not None:
+            self._scheduler.remove_job(name)
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        """A task that the scheduler cancels when it stops."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def guarded(self, name: str, job: Job, deadline: float) -> Callable[[], Awaitable[None]]:
+        """A job with a deadline that never raises into the scheduler and reports when done."""
+
+        async def run() -> None:
+            try:
+                await asyncio.wait_for(job(), timeout=deadline)
+            except asyncio.TimeoutError:
+                _log.warning(f"job {name} overran its {deadline:.0f} s deadline; cancelled")
+            except Exception as exc:  # noqa: BLE001 - a probe bug must not stop the schedule
+                _log.opt(exception=exc).error(f"job {name} failed: {exc!r}")
+            self.on_done(name)
+
+        return run
+
+    # --- host-wide jobs -------------------------------------------------------------------------
+
+    def schedule_host(self, suite: ProbeSuite, config: Config) -> list[str]:
+        """(Re)schedule the GPU and process jobs for ``suite``; returns the names of the jobs."""
+        names = []
+        self.cancel("gpu")
+        self.cancel("processes")
+        if suite.gpu is not None:
+            every = config.watchdog.gpu_interval
+            self.every("gpu", every, suite.gpu.round, max(every * 2, 10))
+            suite.gpu.start_xid_watch()
+            names.append("gpu")
+        if suite.targets:  # one probe for every target's processes: as often as the keenest wants
+            every = min(config.intervals_for(p.settings)["process"] for p in suite.targets.values())
+            self.every("processes", every, suite.processes.round, 15.0)
+            names.append("processes")
+        return names
+
+    # --- per-target workers ---------------------------------------------------------------------
+
+    async def sync_workers(self, suite: ProbeSuite, config: Config) -> list[str]:
+        """Make the workers match the suite's targets: keep those whose probes the suite kept,
+        replace changed ones, add new ones, remove the gone. Returns the new workers' poll jobs."""
+        started = []
+        for name in list(self.workers):
+            if suite.targets.get(name) is not self.workers[name].probes:
+                await self.remove_worker(name)
+        for name, probes in suite.targets.items():
+            if name not in self.workers:
+                worker = TargetWorker(name, probes, config, self)
+                worker.start()
+                self.workers[name] = worker
+                started.append(worker.poll_job)
+        return started
+
+    async def remove_worker(self, name: str) -> None:
+        worker = self.workers.pop(name, None)
+        if worker is not None:
+            await worker.stop_and_wait()
+
+
+class TargetWorker:
+    """The jobs of one target: its status poll, its canary tick and its log follower."""
+
+    def __init__(self, name: str, probes: TargetProbes, config: Config, scheduler: Scheduler) -> None:
+        self.name = name
+        self.probes = probes
+        self.poll_interval = config.intervals_for(probes.settings)["poll"]
+        self.scheduler = scheduler
+        self.poll_job = f"poll:{name}"
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def start(self) -> None:
+        probes = self.probes
+        self.scheduler.every(self.poll_job, self.poll_interval, probes.server.round,
+                             probes.settings.request_timeout + 5)
+        self.scheduler.tick(f"canary-tick:{self.name}", CANARY_TICK_S, self._canary_tick)
+        if probes.logs is not None:
+            self._tasks.append(self.scheduler.spawn(self._follow_logs(), f"logs:{self.name}"))
+
+    def stop(self) -> list[asyncio.Task[Any]]:
+        """Cancel the jobs and tasks; returns the tasks to await."""
+        self.scheduler.cancel(self.poll_job)
+        self.scheduler.cancel(f"canary-tick:{self.name}")
+        for task in self._tasks:
+            task.cancel()
+        tasks, self._tasks = self._tasks, []
+        return tasks
+
+    async def stop_and_wait(self) -> None:
+        await asyncio.gather(*self.stop(), return_exceptions=True)
+
+    async def _canary_tick(self) -> None:
+        """Every second: decide once whether a canary is due, and if so send it as its own task."""
+        canary = self.probes.canary
+        decision = canary.decide()
+        if not decision.send:
+            return
+        job = self.scheduler.guarded(f"canary:{self.name}", lambda: canary.send(decision),
+                                     canary.settings.timeout + 10)
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(self.scheduler.spawn(job(), f"canary:{self.name}"))
+
+    async def _follow_logs(self) -> None:
+        """Follow the target's log for as long as the worker runs; restart it if it ends."""
+        logs = self.probes.logs
+        assert logs is not None
+        backoff = 1.0
+        while True:
+            try:
+                await logs.run()
+                backoff = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logs are best effort
+                _log.warning(f"log follower for {self.name} failed: {exc!r}; retrying in {backoff:.0f} s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 60.0)
