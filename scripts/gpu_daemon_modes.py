@@ -537,8 +537,13 @@ def _split_checks(data: dict[str, Any], incidents: list[Incident], pid: int) -> 
 # --- two torch ranks over NCCL ----------------------------------------------------------------------
 
 def run_nccl(out: Path, work: Path, source: str, device: str = "cuda", prefill_s: float = 90.0,
-             busy_stall_after: float = 120.0, expect_within: float | None = None) -> dict[str, Any]:
-    """``expect_within``: the hang must come that soon (an engine-step rule); else busy_stall_after + 40 s."""
+             busy_stall_after: float | None = None, expect_within: float | None = 60.0) -> dict[str, Any]:
+    """``expect_within``: how soon the hang must come (60 s: the engine-step rule's goal).
+
+    ``busy_stall_after`` overrides the target's threshold; with ``expect_within`` None the hang
+    is expected from that busy fallback, 40 s after it at the latest (how the first run went,
+    before the engine-step rule).
+    """
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     targets = f"""[[targets]]
@@ -549,18 +554,20 @@ url = "http://127.0.0.1:{port}"
 interval = "5s"
 [targets.restart]
 method = "none"
-[targets.detect]
-busy_stall_after = "{busy_stall_after:g}s"
 """
+    if busy_stall_after is not None:
+        targets += f'[targets.detect]\nbusy_stall_after = "{busy_stall_after:g}s"\n'
     run = DaemonRun("nccl", out, work, targets, gpu_backend="nvml" if device == "cuda" else "none")
     run.source = source
     if expect_within is None:
-        run.notes.append(f"busy_stall_after = {busy_stall_after:g} s for this target (default 300 s): main has no "
-                         "engine-step rule yet (issue 16), so a stuck collective at 100% is caught by the busy "
-                         f"fallback; it must stay above the {prefill_s:g} s prefill")
+        if busy_stall_after is None:
+            raise ValueError("without expect_within, give busy_stall_after (the fallback to expect)")
+        run.notes.append(f"busy_stall_after = {busy_stall_after:g} s for this target (default 300 s): the stuck "
+                         "collective is expected from the busy fallback, which must stay above the "
+                         f"{prefill_s:g} s prefill")
     else:
-        run.notes.append(f"busy_stall_after = {busy_stall_after:g} s; the hang is expected within "
-                         f"{expect_within:g} s from the engine-step rule")
+        run.notes.append(f"the hang is expected within {expect_within:g} s (the engine-step rule)"
+                         + (f"; busy_stall_after = {busy_stall_after:g} s" if busy_stall_after else ""))
     first = run.phase("load: two ranks join over NCCL, each holds its shard on its GPU (the daemon starts once "
                       "rank 0 listens: before that there is no process to attribute)")
     args = [sys.executable, str(ROOT / "scripts" / "gpu_nccl_server.py"), "--port", str(port), "--device", device]
@@ -597,7 +604,7 @@ busy_stall_after = "{busy_stall_after:g}s"
         time.sleep(3)
         onset = run.phase("stuck collective: rank 1 stops joining; rank 0 spins in the all-reduce")
         httpx.post(url + "/_toy/stick", timeout=10)
-        limit = expect_within if expect_within is not None else busy_stall_after + 40
+        limit = expect_within if expect_within is not None else (busy_stall_after or 300.0) + 40
         item: dict[str, Any] = {"finding": "hang", "target": "tp2", "onset": onset, "raise_by": onset + limit}
         run.expect.append(item)
         item["_live_raised"] = run.wait_for("hang", "tp2", onset, limit + 5)

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Run the GPU validation modes on a GPU host with no network (scripts/gpu_validate.py --mode ...).
 #
-#   scripts/gpu_device.sh BUNDLE OUT STEP...      STEP: env build model nccl nccl-steps llamacpp split
+#   scripts/gpu_device.sh BUNDLE OUT STEP...      STEP: env build model nccl nccl-fallback llamacpp split
 #
 # BUNDLE holds what the host cannot fetch: site.tar.gz (the package's runtime dependencies
 # missing there, installed for its Python with pip --target), code/ (this repository's
@@ -60,8 +60,8 @@ for step in "$@"; do
     env) step_env ;;
     build) step_build ;;
     model) [ -f $MODEL ] || PYTHONPATH=$PYTHONPATH:$CODE/gguf-py python3 "$CODE/scripts/gguf_random.py" $MODEL ;;
-    nccl) run_mode nccl 420 ;;
-    nccl-steps) run_mode nccl 420 --busy-stall-after 300 --expect-within 60 ;;
+    nccl) run_mode nccl 420 ;;                                   # the hang within 60 s (engine steps)
+    nccl-fallback) run_mode nccl 420 --busy-stall-after 120 --expect-within 0 ;;  # as recorded 2026-12-01
     llamacpp) run_mode llamacpp 240 ;;
     split) run_mode split 180 ;;
     *) echo "unknown step $step"; exit 2 ;;

@@ -528,7 +528,7 @@ def _device_mode(args: argparse.Namespace, modes: Any, out: Path, work: Path, so
     else:
         result = modes.run_nccl(out, work / "nccl", source, device="cpu" if args.dry_run else "cuda",
                                 prefill_s=args.prefill_s, busy_stall_after=args.busy_stall_after,
-                                expect_within=args.expect_within)
+                                expect_within=args.expect_within or None)
     return result
 
 
@@ -543,9 +543,11 @@ def main() -> None:
     parser.add_argument("--llama-server", default="llama-server", help="llama-server built with CUDA")
     parser.add_argument("--model", default="model.gguf", help="the GGUF to serve (scripts/gguf_random.py)")
     parser.add_argument("--prefill-s", type=float, default=90.0, help="nccl: length of the long prefill")
-    parser.add_argument("--busy-stall-after", type=float, default=120.0, help="nccl: the target's busy_stall_after")
-    parser.add_argument("--expect-within", type=float, default=None,
-                        help="nccl: the stuck collective must raise a hang this soon (an engine-step rule)")
+    parser.add_argument("--busy-stall-after", type=float, default=None,
+                        help="nccl: override the target's busy_stall_after (default: the daemon's)")
+    parser.add_argument("--expect-within", type=float, default=60.0,
+                        help="nccl: the stuck collective must raise a hang this soon (default 60 s, the "
+                        "engine-step rule); 0: expect it from the busy fallback instead")
     args = parser.parse_args()
     if args.mode != "toy":
         sys.path.insert(0, str(ROOT / "scripts"))

@@ -95,14 +95,24 @@ def test_the_long_prefill_was_busy_without_tokens_and_the_stuck_collective_spun_
     assert len({r.extra.get("prompt_tokens_total") for r in stuck_polls}) == 1
 
 
-def test_the_stuck_collective_needs_the_recorded_threshold_on_the_busy_fallback() -> None:
-    """Recorded with busy_stall_after = 120 s (config beside the trace): the busy fallback raises at 120 s."""
+def test_the_stuck_collective_is_found_by_its_still_engine_steps_within_a_minute() -> None:
     config = parse_config(NCCL.with_name("nccl-tp2-2xh200.config.toml").read_text())
-    assert config.targets[0].detect.busy_stall_after == 120.0
     onset = expectation(NCCL)["expect"][0]["onset"]
     raised = [f for f in replay_file(NCCL, config).findings if f.state == "raised"]
     assert [(f.target, f.finding) for f in raised] == [("tp2", "hang")]
-    assert onset < raised[0].t <= onset + 125
+    assert raised[0].evidence.get("rule") == "steps_stalled"
+    assert onset < raised[0].t <= onset + 60
+
+
+def test_without_the_step_rule_the_busy_fallback_finds_it_at_its_threshold() -> None:
+    """What the live daemon did before the step rule: busy_stall_after (120 s as recorded), and not sooner."""
+    text = NCCL.with_name("nccl-tp2-2xh200.config.toml").read_text()
+    config = parse_config(text.replace('busy_stall_after = "120s"', 'busy_stall_after = "120s"\nstep_stall_after = "1h"'))
+    onset = expectation(NCCL)["expect"][0]["onset"]
+    raised = [f for f in replay_file(NCCL, config).findings if f.state == "raised"]
+    assert [(f.target, f.finding) for f in raised] == [("tp2", "hang")]
+    assert raised[0].evidence.get("rule") in ("counters_busy", "canaries_busy")
+    assert onset + 115 <= raised[0].t <= onset + 125
 
 
 def test_after_the_restart_a_canary_passed_within_seconds() -> None:
