@@ -503,3 +503,32 @@ async def test_alert_test_reports_delivery_per_sink(tmp_path):
     finally:
         await notifier.stop()
         await receiver.stop()
+
+
+# --- what Act writes, and what is not a message ------------------------------------------------
+
+
+def test_act_notes_become_action_and_gave_up_transitions_once():
+    from watchdog.incidents.model import Incident, IncidentEvent, TimelineEntry
+    from watchdog.notify.compose import compose, transition
+
+    at = datetime.now(UTC)
+    incident = Incident(id=7, target="ollama", state="open", severity="critical", title="hang: x", opened_at=at)
+
+    def event(summary: str, evidence: dict) -> IncidentEvent:
+        return IncidentEvent(kind="updated", incident=incident,
+                             change=TimelineEntry(at=at, kind="note", summary=summary, evidence=evidence))
+
+    intent = event("act: restart by docker: running", {"action": "restart", "method": "docker", "result": "running"})
+    done = event("act: restart by docker: failed: exit 1", {"action": "restart", "method": "docker",
+                                                             "result": "failed", "detail": "exit 1"})
+    into = event("act: ollama acting -> gave_up", {"state": "gave_up", "from": "backoff", "why": "budget spent"})
+    still = event("act: still gave_up: paused", {"state": "gave_up"})
+    other = event("act: ollama watching -> acting", {"state": "acting", "from": "watching"})
+    assert [transition(e, "critical") for e in (intent, done, into, still, other)] == [
+        None, "action", "gave_up", None, None]
+    alert = compose(into, "gave_up", host="h", now=at.timestamp())
+    assert alert.headline == "GAVE UP on ollama on h: a human is needed (incident #7)"
+    assert alert.action is not None and alert.action.detail == "act: ollama acting -> gave_up"
+    failed = compose(done, "action", host="h", now=at.timestamp())
+    assert failed.action.result == "failed" and failed.action.detail == "exit 1"

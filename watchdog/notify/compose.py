@@ -44,7 +44,12 @@ def transition(event: IncidentEvent, previous_severity: str | None) -> Transitio
 
 
 def _gave_up(change: TimelineEntry) -> bool:
+    """The actions stopped: a state change *into* gave_up (Act's notes), or a note that says so."""
     evidence = change.evidence or {}
+    if "state" in evidence and "from" in evidence:
+        return str(evidence["state"]).lower() in _GAVE_UP and str(evidence["from"]).lower() not in _GAVE_UP
+    if "state" in evidence:  # "still gave_up": already told
+        return False
     values = {str(evidence.get(k, "")).lower() for k in ("result", "state", "action", "outcome")}
     return bool(values & _GAVE_UP) or bool(evidence.get("gave_up")) or change.summary.lower().startswith("gave up")
 
