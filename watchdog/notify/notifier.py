@@ -20,7 +20,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +219,12 @@ class Notifier:
         self._workers[name] = asyncio.create_task(self._worker(name), name=f"notify:{name}")
 
     # --- events -------------------------------------------------------------------------------
+
+    def seed(self, incidents: Iterable[Incident]) -> None:
+        """Incidents already open when it starts (for reminders and escalations; no message now)."""
+        for incident in incidents:
+            self._open[incident.id] = incident
+            self._severity[incident.id] = incident.severity
 
     def on_event(self, event: IncidentEvent) -> None:
         """The bus listener: queue it and return (detection never waits for a webhook)."""
