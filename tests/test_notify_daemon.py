@@ -25,7 +25,7 @@ FAST_CANARY = {"interval": "2s", "confirm_interval": "1s", "first_token_timeout"
 SECRET_PATH = "/hook/s3cr3t-path-0123456789"
 
 
-class Stand_in:  # noqa: N801 - reads as what it is
+class StandIn:
     """A webhook receiver in a thread: keeps every JSON body with its headers."""
 
     def __init__(self) -> None:
@@ -33,7 +33,7 @@ class Stand_in:  # noqa: N801 - reads as what it is
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 owner.received.append((dict(self.headers), json.loads(body)))
                 self.send_response(200)
@@ -55,8 +55,8 @@ class Stand_in:  # noqa: N801 - reads as what it is
         self.server.server_close()
 
 
-def test_the_daemon_alerts_on_a_hang_and_its_recovery_and_answers_alert_test(tmp_path: Path, sim_factory) -> None:
-    receiver = Stand_in()
+def test_the_daemon_alerts_on_a_hang_and_its_recovery_and_answers_alert_test(tmp_path: Path, sim_factory) -> None:  # noqa: F811
+    receiver = StandIn()
     sim = sim_factory("ollama", gpu_dir=tmp_path / "gpu")
     target = {"name": "ollama", "kind": "ollama", "url": sim.url, "log_file": str(sim.log_path),
               "canary": dict(FAST_CANARY)}
