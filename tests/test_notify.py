@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -532,3 +533,27 @@ def test_act_notes_become_action_and_gave_up_transitions_once():
     assert alert.action is not None and alert.action.detail == "act: ollama acting -> gave_up"
     failed = compose(done, "action", host="h", now=at.timestamp())
     assert failed.action.result == "failed" and failed.action.detail == "exit 1"
+
+
+async def test_apprise_delivers_through_its_json_plugin_to_a_real_receiver(tmp_path):
+    if os.environ.get("CI") == "true":
+        import apprise  # noqa: F401 - in CI a missing part fails the test rather than skipping it
+    else:
+        pytest.importorskip("apprise", reason="the [apprise] extra is not installed")
+    receiver = await Receiver().start()
+    env = {"APPRISE_URL": f"json://127.0.0.1:{receiver.port}/apprise-secret-path"}
+    sink = '[[alerts]]\nname = "chat"\nkind = "apprise"\nurls = ["env:APPRISE_URL"]\n'
+    notifier = await started(Notifier(config(sink), tmp_path / "state", Redactor(env.values()), "nas-01",
+                                      backoff=FAST, environ=env))
+    m = incidents(tmp_path, time.time() - 100.0)
+    try:
+        feed(notifier, m.handle([raised(100.0)], []))
+        (got,) = await receiver.wait_accepted(1)
+        body = got.json()
+        assert got.path == "/apprise-secret-path"
+        assert body["title"] == "CRITICAL: hang on ollama on nas-01 (incident #1)"
+        assert "Evidence: no token for 42 s" in body["message"] and body["type"] == "failure"
+    finally:
+        await notifier.stop()
+        await receiver.stop()
+        m.stop()

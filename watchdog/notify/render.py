@@ -60,8 +60,8 @@ def email_subject(alert: Alert) -> str:
 def email_text(alert: Alert) -> str:
     width = max(len(k) for k, _ in lines(alert)) + 1
     body = [alert.headline, "", *[f"{(k + ':').ljust(width)} {v}" for k, v in lines(alert)], ""]
-    if alert.actions and alert.action is None:
-        body.append("Actions so far:")
+    if len(alert.actions) > 3 and alert.action is None:  # the table above shows the last three
+        body.append("Every action:")
         body.extend(f"  - {action_line(a)}" for a in alert.actions)
         body.append("")
     body.append(f"-- inference-watchdog on {alert.host} (message {alert.id})")

@@ -378,6 +378,11 @@ class AppriseSink(_Base):
     async def send(self, alert: Alert) -> None:
         try:
             import apprise
+
+            # Apprise logs service URLs (which hold the tokens) at its debug/info levels: silence it.
+            quiet = logging.getLogger("apprise")
+            quiet.setLevel(logging.CRITICAL + 10)
+            quiet.propagate = False
         except ImportError:
             raise DeliveryError("the apprise sink needs the [apprise] extra (pip install apprise)",
                                 temporary=True) from None
