@@ -438,3 +438,13 @@ def test_a_flap_across_a_daemon_restart_reopens_the_stored_incident(tmp_path):
     assert [e.kind for e in events] == ["updated", "updated"]
     assert events[-1].incident.id == first.id and events[-1].incident.flaps == 1
     again.stop()
+
+
+def test_a_different_finding_soon_after_is_a_new_incident_not_a_flap(tmp_path):
+    m = manager(tmp_path, flap_window=300.0)
+    m.start(0.0)
+    first = m.handle([raised(100.0, "ollama", "hang")], records_between(0.0, 100.0))[0].incident
+    m.handle([cleared(130.0, "ollama", "hang")], [])
+    events = m.handle([raised(140.0, "ollama", "failed_unload")], [])
+    assert [e.kind for e in events] == ["opened"] and events[0].incident.id == first.id + 1
+    m.stop()

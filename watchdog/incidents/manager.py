@@ -7,8 +7,8 @@ Rules:
 - the incident closes when every finding in it has cleared; its recording
   keeps taking records for ``incident_context`` seconds more;
 - its severity is the worst of its findings (:data:`watchdog.detect.finding.SEVERITY`);
-- a target that raises again within ``flap_window`` of its incident closing
-  (raise, clear, raise: a flapping target) gets that incident *reopened*, with
+- a target that raises the same finding again within ``flap_window`` of its
+  incident closing (raise, clear, raise: a flapping target) gets that incident *reopened*, with
   ``flaps`` counted up, rather than a new one: one problem, one incident, one page;
 - after a restart, open incidents are reloaded; their raised findings are
   *carried over* until the new run raises them again (they stay) or
@@ -216,7 +216,7 @@ class IncidentManager:
         )
         live = self._open.get(finding.target)
         if live is None:
-            closed = self._flapped(finding.target, finding.t)
+            closed = self._flapped(finding.target, finding.finding, finding.t)
             if closed is not None:
                 return self._reopen_incident(closed, finding, entry)
             return [self._open_incident(finding, entry, context)]
@@ -237,8 +237,8 @@ class IncidentManager:
         self._save(incident, [entry])
         return [IncidentEvent(kind="updated", incident=self._view(finding.target), change=entry)]
 
-    def _flapped(self, target: str, t: float) -> tuple[Incident, float] | None:
-        """The target's incident that closed within ``flap_window`` before ``t``, if any."""
+    def _flapped(self, target: str, finding: str, t: float) -> tuple[Incident, float] | None:
+        """The target's incident that closed within ``flap_window`` before ``t`` and had this finding."""
         if self.flap_window <= 0:
             return None
         recent = self._closed.get(target)
@@ -254,6 +254,8 @@ class IncidentManager:
         incident, closed_t = recent
         if t - closed_t > self.flap_window or incident.state != "closed":
             return None
+        if not any(f.finding == finding for f in incident.findings):
+            return None  # a different problem is a new incident (and a new page), not a flap
         return recent
 
     def _reopen_incident(
