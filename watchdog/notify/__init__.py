@@ -5,7 +5,11 @@
 - :mod:`.render` — Block Kit, e-mail text/HTML, Discord, ntfy, PagerDuty (pure);
 - :mod:`.sinks` — the senders and how their failures are classified;
 - :mod:`.outbox` — every message stored before it is sent (SQLite);
-- :mod:`.notifier` — the bus listener, the per-sink delivery workers, reminders, ``alert test``.
+- :mod:`.notifier` — the bus listener, the per-sink delivery workers, reminders, ``alert test``;
+- :mod:`.listener` — ``make_notifier(hub)``, the daemon's listener (``watchdog/listener.py``).
+
+May import ``config/``, ``incidents.model``, ``status.model``, ``redact``, ``logs`` and
+``listener``; never ``daemon/``, ``probes/`` or ``commands/`` (the daemon's builder imports it).
 """
 
 from watchdog.notify.alert import SCHEMA_VERSION, Alert
