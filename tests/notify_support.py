@@ -130,8 +130,9 @@ def make_ca(directory: Path) -> tuple[Path, Path]:
 
 @contextmanager
 def smtp_server(directory: Path, *, user: str = "watchdog", password: str = "s3cret-smtp-pass",
-                port: int = 0) -> Iterator[Mailbox]:
-    """aiosmtpd on 127.0.0.1 requiring STARTTLS and AUTH (PLAIN/LOGIN) with ``user``/``password``."""
+                port: int = 0, implicit_tls: bool = False) -> Iterator[Mailbox]:
+    """aiosmtpd on 127.0.0.1 requiring STARTTLS (or, with ``implicit_tls``, TLS from the first byte)
+    and AUTH (PLAIN/LOGIN) with ``user``/``password``."""
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -152,8 +153,13 @@ def smtp_server(directory: Path, *, user: str = "watchdog", password: str = "s3c
             box.auth_failures += 1
         return AuthResult(success=ok, handled=False)
 
-    controller = Controller(Handler(), hostname="127.0.0.1", port=box.port, tls_context=context,
-                            require_starttls=True, authenticator=authenticator, auth_required=True)
+    if implicit_tls:
+        # The whole session is TLS, but aiosmtpd only knows STARTTLS as "TLS": let it offer AUTH.
+        controller = Controller(Handler(), hostname="127.0.0.1", port=box.port, ssl_context=context,
+                                authenticator=authenticator, auth_required=True, auth_require_tls=False)
+    else:
+        controller = Controller(Handler(), hostname="127.0.0.1", port=box.port, tls_context=context,
+                                require_starttls=True, authenticator=authenticator, auth_required=True)
     controller.start()
     try:
         yield box

@@ -290,9 +290,9 @@ def test_the_documented_alert_schema_is_current():
 # --- email ----------------------------------------------------------------------------------------
 
 
-def email_sink(box, password_env: str = "SMTP_PASS") -> str:
+def email_sink(box, password_env: str = "SMTP_PASS", security: str = "starttls") -> str:
     return (f'[[alerts]]\nname = "mail"\nkind = "email"\nsmtp_host = "127.0.0.1"\nsmtp_port = {box.port}\n'
-            f'security = "starttls"\nca_file = "{box.ca_file}"\nusername = "watchdog"\n'
+            f'security = "{security}"\nca_file = "{box.ca_file}"\nusername = "watchdog"\n'
             f'password = "env:{password_env}"\nsender = "watchdog@example.com"\n'
             'recipients = ["oncall@example.com", "ops@example.com"]\n')
 
@@ -350,6 +350,21 @@ async def test_an_smtp_auth_failure_is_reported_retried_and_delivered_after_the_
         finally:
             await notifier.stop()
             m.stop()
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # the session is TLS throughout
+async def test_email_over_implicit_tls(tmp_path):
+    env = {"SMTP_PASS": "s3cret-smtp-pass"}
+    with smtp_server(tmp_path, implicit_tls=True) as box:
+        notifier = await started(Notifier(config(email_sink(box, security="tls")), tmp_path / "state",
+                                          Redactor(env.values()), "nas-01", backoff=FAST, environ=env))
+        try:
+            (result,) = await notifier.test(timeout=20.0)
+            assert result.delivered, result.error
+            (mail,) = box.messages
+            assert mail["Subject"] == "[inference-watchdog] TEST alert from inference-watchdog on nas-01"
+        finally:
+            await notifier.stop()
 
 
 # --- the outbox across a restart ------------------------------------------------------------------
