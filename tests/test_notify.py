@@ -572,3 +572,23 @@ async def test_apprise_delivers_through_its_json_plugin_to_a_real_receiver(tmp_p
         await notifier.stop()
         await receiver.stop()
         m.stop()
+
+
+async def test_a_reload_adds_and_removes_sinks_without_a_restart(tmp_path):
+    receiver = await Receiver().start()
+    env = {"A_URL": receiver.base + "/a", "B_URL": receiver.base + "/b"}
+    notifier = await started(Notifier(config(webhook("a", "A_URL")), tmp_path / "state", Redactor(env.values()),
+                                      "nas-01", backoff=FAST, environ=env))
+    m = incidents(tmp_path, time.time() - 100.0)
+    try:
+        feed(notifier, m.handle([raised(100.0)], []))
+        await receiver.wait_accepted(1)
+        await notifier.reload(config(webhook("b", "B_URL")), Redactor(env.values()))
+        assert [s.name for s in notifier.sink_status()] == ["b"]
+        feed(notifier, m.handle([cleared(120.0)], []))
+        await receiver.wait_accepted(2)
+        assert [(r.path, r.json()["event"]) for r in receiver.accepted] == [("/a", "opened"), ("/b", "resolved")]
+    finally:
+        await notifier.stop()
+        await receiver.stop()
+        m.stop()

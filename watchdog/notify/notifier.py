@@ -126,6 +126,7 @@ class Notifier:
         self._outbox: Outbox | None = None
         self._once = LogOnce("notify")
         self._next_prune = 0.0
+        self._running = False
         self.problems: dict[str, str] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -143,6 +144,7 @@ class Notifier:
         await self._build_sinks()
         await self._db(self._outbox.retry_now, self.clock())
         await self._refresh_counts()
+        self._running = True
         self._tasks = [
             asyncio.create_task(self._process(), name="notify:events"),
             asyncio.create_task(self._remind_loop(), name="notify:reminders"),
@@ -158,13 +160,13 @@ class Notifier:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
             _log.warning(f"alerts: {self._queue.qsize()} incident event(s) not stored before the stop")
-        tasks = [*self._tasks, *self._workers.values()]
-        for task in tasks:
+        self._running = False
+        workers = list(self._workers.values())
+        self.wake()  # idle workers see the flag and return; one mid-send is cancelled
+        tasks = [*self._tasks, *workers]
+        for task in self._tasks:
             task.cancel()
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=timeout)
-            if stuck:
-                _log.warning(f"alerts: {len(stuck)} task(s) did not stop in time")
+        await _finish(tasks, timeout)
         self._tasks, self._workers = [], {}
         for sink in self._sinks.values():
             try:
@@ -186,9 +188,11 @@ class Notifier:
         self._settings = {s.name: s for s in config.alerts}
         for name in old - set(self._settings):
             task = self._workers.pop(name, None)
+            wake = self._wake.pop(name, None)
+            if wake is not None:
+                wake.set()  # the worker sees its sink gone and returns
             if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                await _finish([task], 5.0)
             self._health.pop(name, None)
         await self._build_sinks()
         for name in self._settings:
@@ -287,7 +291,9 @@ class Notifier:
             expires = now + settings.expire_after
             if await self._db(outbox.add, name, alert, now, not_before, expires):
                 added.append(name)
-                self._wake[name].set()
+                wake = self._wake.get(name)  # a sink being added by a reload has none yet: it looks at start
+                if wake is not None:
+                    wake.set()
         await self._refresh_counts()
         return added
 
@@ -340,7 +346,7 @@ class Notifier:
 
     async def _worker(self, name: str) -> None:
         wake = self._wake[name]
-        while True:
+        while self._running and name in self._settings:
             wake.clear()
             try:
                 delay = await self._deliver_one(name)
@@ -508,6 +514,19 @@ class Notifier:
         if self._executor is None:
             raise RuntimeError("the notifier is not started")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+async def _finish(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Let tasks end on their own (they watch a flag), then cancel what is left."""
+    if not tasks:
+        return
+    _, left = await asyncio.wait(tasks, timeout=min(timeout, 2.0))
+    for task in left:
+        task.cancel()
+    if left:
+        _, stuck = await asyncio.wait(left, timeout=timeout)
+        if stuck:
+            _log.warning(f"alerts: {len(stuck)} task(s) did not stop in time")
 
 
 def _passes(severity: str, least: str) -> bool:
