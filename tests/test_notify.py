@@ -592,3 +592,35 @@ async def test_a_reload_adds_and_removes_sinks_without_a_restart(tmp_path):
         await notifier.stop()
         await receiver.stop()
         m.stop()
+
+
+async def test_a_sink_failing_for_a_while_is_told_through_the_others_by_name_once(tmp_path):
+    receiver = await Receiver().start()
+    port = free_port()
+    env = {"GOOD_URL": receiver.base + "/good", "BAD_URL": f"http://127.0.0.1:{port}/bad-secret-token-77"}
+    sinks = webhook("good", "GOOD_URL") + webhook("bad", "BAD_URL")
+    notifier = await started(Notifier(config(sinks), tmp_path / "state", Redactor(env.values()), "nas-01",
+                                      backoff=FAST, environ=env, sink_alert_after=0.5))
+    m = incidents(tmp_path, time.time() - 100.0)
+    bad_receiver = None
+    try:
+        feed(notifier, m.handle([raised(100.0)], []))
+        opened, told = await receiver.wait_accepted(2)
+        assert opened.json()["event"] == "opened"
+        body = told.json()
+        assert body["event"] == "sink_failing" and body["sink"] == "bad" and body["target"] == "alert-sink:bad"
+        assert body["headline"].startswith("ALERT SINK FAILING: bad on nas-01 has not delivered for")
+        assert body["evidence"].startswith("connection refused; 1 message(s) waiting")
+        assert "bad-secret-token-77" not in told.body.decode() and str(port) not in told.body.decode()
+        # Once per episode: more failures tell nobody again; the sink recovers and delivers what waited.
+        await wait_until(lambda: notifier.sink_status()[1].last_error_at is not None, what="a failure")
+        bad_receiver = await Receiver(port=port).start()
+        (late,) = await bad_receiver.wait_accepted(1)
+        assert late.json()["event"] == "opened"
+        assert [r.json()["event"] for r in receiver.accepted] == ["opened", "sink_failing"]
+    finally:
+        await notifier.stop()
+        await receiver.stop()
+        if bad_receiver:
+            await bad_receiver.stop()
+        m.stop()

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
-AlertEvent = Literal["opened", "action", "escalated", "gave_up", "resolved", "reminder", "test"]
+AlertEvent = Literal["opened", "action", "escalated", "gave_up", "resolved", "reminder", "test", "sink_failing"]
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
@@ -60,11 +60,12 @@ class Alert(_Model):
     id: str = Field(description="idempotency key: the same on every retry of this message")
     event: AlertEvent = Field(
         description="opened; action (one was taken, with its result); escalated (warning became critical); "
-        "gave_up (the watchdog stopped acting: a human is needed); resolved; reminder (still open); test"
+        "gave_up (the watchdog stopped acting: a human is needed); resolved; reminder (still open); test; "
+        "sink_failing (another alert sink has not delivered for a while: told through the others)"
     )
     at: datetime = Field(description="when the transition happened")
     host: str
-    target: str = Field(description="the server name, or gpu:N")
+    target: str = Field(description="the server name, gpu:N, or for sink_failing alert-sink:NAME")
     severity: Literal["info", "warning", "critical"]
     headline: str = Field(description="one line: what this message says")
     incident_id: int | None = None
@@ -82,6 +83,7 @@ class Alert(_Model):
     recovered_after_s: float | None = Field(default=None, description="finding raised -> canary passing again")
     gpus: list[AlertGpu] = Field(default_factory=list, description="the target's GPUs when the alert was made")
     last_canary: AlertCanary | None = None
+    sink: str | None = Field(default=None, description="for sink_failing: the failing sink's name (never its URL)")
 
     def payload(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -185,6 +185,8 @@ def headline(alert: Alert, change: TimelineEntry | None = None) -> str:
         return f"RESOLVED: {finding} on {where}, {how} after {format_seconds(after)} ({ref})"
     if alert.event == "reminder":
         return f"STILL OPEN for {format_seconds(alert.open_for_s)}: {finding} on {where} ({ref})"
+    if alert.event == "sink_failing":
+        return f"ALERT SINK FAILING: {alert.sink} on {alert.host} has not delivered for {format_seconds(alert.open_for_s)}"
     return f"TEST alert from inference-watchdog on {alert.host}"
 
 
@@ -244,6 +246,26 @@ def make_test_alert(host: str, key: str, now: float, sink: str) -> Alert:
     return alert.model_copy(update={"headline": headline(alert)})
 
 
+def make_sink_alert(host: str, sink: str, kind: str, error: str, since: float, now: float,
+                    waiting: int) -> Alert:
+    """About a sink that has failed for a while, for the other sinks: named, never its URL."""
+    alert = Alert(
+        id=f"{host}:sink-{sink}:failing-{since:.0f}",
+        event="sink_failing",
+        at=to_datetime(now),
+        host=host,
+        target=f"alert-sink:{sink}",
+        severity="warning",
+        headline="",
+        title=f"alert sink {sink} ({kind}) is failing",
+        evidence=f"{error}; {waiting} message(s) waiting in the outbox, retried until they expire",
+        opened_at=to_datetime(since),
+        open_for_s=round(max(0.0, now - since), 1),
+        sink=sink,
+    )
+    return alert.model_copy(update={"headline": headline(alert)})
+
+
 def lines(alert: Alert) -> list[tuple[str, str]]:
     """Label/value pairs every rendering shows (text, HTML, Discord, Slack fields)."""
     out: list[tuple[str, str]] = [("Severity", alert.severity), ("Host", alert.host), ("Target", alert.target)]
@@ -259,7 +281,7 @@ def lines(alert: Alert) -> list[tuple[str, str]]:
         out.append(("Action", action_line(alert.action)))
     elif alert.actions:
         out.append(("Actions", "; ".join(action_line(a) for a in alert.actions[-3:])))
-    elif alert.event not in ("test",):
+    elif alert.event not in ("test", "sink_failing"):
         out.append(("Action", "none taken"))
     if alert.event == "resolved" or alert.recovered_after_s is not None:
         if alert.recovered_after_s is not None:

@@ -33,7 +33,7 @@ from watchdog.config.secrets import SecretError
 from watchdog.incidents.model import Incident, IncidentEvent, TimelineEntry, to_datetime
 from watchdog.logs import LogOnce
 from watchdog.notify.alert import SEVERITY_RANK, Alert
-from watchdog.notify.compose import alert_key, compose, make_test_alert, transition
+from watchdog.notify.compose import alert_key, compose, make_sink_alert, make_test_alert, transition
 from watchdog.notify.outbox import DB_NAME, Outbox, Row, SinkCounts
 from watchdog.notify.sinks import DeliveryError, Sink, build_sink
 from watchdog.redact import Redactor
@@ -66,6 +66,8 @@ class _Health:
     last_error: str | None = None
     last_error_at: float | None = None
     last_ok_at: float | None = None
+    failing_since: float | None = None
+    told: bool = False  # the other sinks were told about this failure episode
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class Notifier:
         clock: Callable[[], float] = time.time,
         backoff: Backoff = Backoff(),
         reminder_every: float = 30.0,
+        sink_alert_after: float = 900.0,
         environ: dict[str, str] | None = None,
     ) -> None:
         self.config = config
@@ -110,6 +113,7 @@ class Notifier:
         self.clock = clock
         self.backoff = backoff
         self.reminder_every = reminder_every
+        self.sink_alert_after = sink_alert_after
         self.environ = environ
         self._settings = {s.name: s for s in config.alerts}
         self._sinks: dict[str, Sink] = {}
@@ -382,6 +386,7 @@ class Notifier:
         sink = self._sinks.get(name)
         if sink is None:  # its secret cannot be read: wait for a reload
             await self._db(outbox.defer, row.id, now + min(_IDLE_POLL_S, 60.0))
+            await self._tell_others(name)
             return 0.0
         if row.alert.event != "test" and settings.rate_limit > 0:
             count, oldest = await self._db(outbox.delivered_since, name, now - settings.rate_window)
@@ -408,6 +413,7 @@ class Notifier:
             if health.state == "failing":
                 _log.info(f"alert sink {name}: delivering again")
             health.state, health.last_ok_at = "ok", done
+            health.failing_since, health.told = None, False
             self._once.ok(f"sink:{name}")
             _log.debug(f"alert sink {name}: delivered {row.alert.event} of {_about(row.alert)}")
             await self._settle(name, row)
@@ -432,10 +438,33 @@ class Notifier:
         waiter = self._waiters.get((name, row.key))
         if waiter is not None and not waiter.done() and row.alert.event == "test" and now + delay >= row.expires_at:
             waiter.set_result(None)
+        await self._tell_others(name)
 
     def _fail(self, name: str, message: str) -> None:
         health = self._health.setdefault(name, _Health())
         health.state, health.last_error, health.last_error_at = "failing", message, self.clock()
+        if health.failing_since is None:
+            health.failing_since = health.last_error_at
+
+    async def _tell_others(self, name: str) -> None:
+        """A sink failing for ``sink_alert_after``: one message through the other sinks, per episode."""
+        health = self._health.get(name)
+        if health is None or health.told or health.failing_since is None:
+            return
+        now = self.clock()
+        if now - health.failing_since < self.sink_alert_after:
+            return
+        health.told = True
+        others = [n for n in self._settings if n != name]
+        waiting = self._counts.get(name, SinkCounts()).pending
+        settings = self._settings.get(name)
+        _log.error(f"alert sink {name} has not delivered for {now - health.failing_since:.0f} s "
+                   f"({health.last_error}); {waiting} message(s) waiting"
+                   + (f"; telling {', '.join(others)}" if others else ""))
+        if others and settings is not None:
+            alert = make_sink_alert(self.host, name, settings.kind, health.last_error or "failing",
+                                    health.failing_since, now, waiting)
+            await self._enqueue(alert, now, now, only=others)
 
     async def _settle(self, name: str, row: Row) -> None:
         waiter = self._waiters.pop((name, row.key), None)
