@@ -142,7 +142,7 @@ def test_example_values_are_the_defaults() -> None:
         (
             MINIMAL_TARGET + '[[alerts]]\nname = "p"\nkind = "pager"\n',
             "alerts[0].kind",
-            'expected one of "slack", "webhook", "email", got "pager"',
+            'expected one of "slack", "webhook", "email", "apprise", got "pager"',
         ),
         (
             MINIMAL_TARGET.replace('name = "ollama"', "url2 = 1"),

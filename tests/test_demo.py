@@ -20,3 +20,7 @@ def test_demo_detects_every_fault_and_nothing_else() -> None:
     for line in ("● hang on ollama", "● failed_unload on ollama", "● memory_growth on vllm", "✓ hang on ollama cleared"):
         assert line in output, output[-5000:]
     assert "false alarms: none" in output
+    # Beside each detection, the alert the daemon delivered to the demo's webhook stand-in.
+    for line in ("✉ alert sent: CRITICAL: hang on ollama", "✉ alert sent: CRITICAL: failed_unload on ollama",
+                 "✉ alert sent: WARNING: memory_growth on vllm", "✉ alert sent: RESOLVED: hang on ollama"):
+        assert line in output, output[-5000:]

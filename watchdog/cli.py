@@ -318,6 +318,42 @@ def reload_command(obj: Context, socket_path: str | None) -> None:
     sys.exit(EXIT_OK if result.ok else EXIT_FAILURE)
 
 
+@cli.group("alert")
+def alert_group() -> None:
+    """Alert sinks ([[alerts]]): test them through the running daemon."""
+
+
+@alert_group.command("test")
+@click.argument("sink", required=False)
+@click.option("--timeout", type=click.FloatRange(1, 300), default=20.0, show_default=True,
+              help="Seconds to wait for each sink to deliver (retries included).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_socket_option
+@pass_ctx
+def alert_test_command(obj: Context, sink: str | None, timeout: float, as_json: bool,
+                       socket_path: str | None) -> None:
+    """Send a test alert to SINK (or every sink) through the daemon's real path; print delivery per sink.
+
+    Exit codes: 0 every sink delivered; 1 some did not (or no such sink); 3 unreachable.
+    """
+    from rich.console import Console
+
+    from watchdog.commands.alert import EXIT_FAILED, render
+    from watchdog.control.client import ControlError, DaemonUnreachable
+
+    client = _control_client(obj, socket_path)
+    try:
+        results = client.alert_test(sink, timeout)
+    except ControlError as exc:
+        if exc.status == 404:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        _unreachable(exc)
+    except DaemonUnreachable as exc:
+        _unreachable(exc)
+    sys.exit(render(results, Console(), as_json))
+
+
 @cli.command("demo")
 @click.option("--keep", is_flag=True, help="Keep the work directory (daemon log, incidents, recordings).")
 @pass_ctx

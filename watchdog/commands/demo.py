@@ -4,9 +4,10 @@ With nothing but this package: a simulated Ollama (GPU 0) and a simulated vLLM
 (GPU 1) start with their simulated GPUs, the real daemon (``watchdogctl run``,
 a subprocess) watches them, and a timeline injects a hang, a failed unload and
 a slow leak, plus a model load and a long prompt that must raise nothing. The
-terminal shows the live status and each detection with its evidence; the demo
-ends with a summary table and exits 0 only if every fault was detected and
-nothing else was raised.
+terminal shows the live status and each detection with its evidence, and
+beside it the alert the daemon sent (to a local webhook stand-in, through its
+real outbox); the demo ends with a summary table and exits 0 only if every
+fault was detected and nothing else was raised.
 
 The daemon runs with a demo configuration: the same detectors, with shorter
 intervals and thresholds so the story fits in under two minutes.
@@ -33,6 +34,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from watchdog.commands.demo_alerts import AlertCatcher
 from watchdog.control.client import ControlClient, ControlError, DaemonUnreachable
 from watchdog.exitcodes import EXIT_FAILURE, EXIT_OK
 from watchdog.sim.launch import Simulator, SimulatorError
@@ -99,6 +101,7 @@ class Demo:
         self.sims: dict[str, Simulator] = {}
         self.daemon: subprocess.Popen[bytes] | None = None
         self.events: list[Text] = []
+        self.catcher: AlertCatcher | None = None
         self.t0 = 0.0
         self._threads: list[threading.Thread] = []
 
@@ -142,6 +145,7 @@ class Demo:
                     snapshot = _status(client)
                     if snapshot is not None:
                         self._findings(snapshot, board, seen, now)
+                        self._alerts(now)
                         live.update(self._screen(snapshot, now))
                     if (board.complete() and now >= max(s.at for s in board.steps) + 15) or now > DEADLINE_S:
                         break
@@ -169,7 +173,8 @@ class Demo:
         ).start()
         config = self.workdir / "watchdog.toml"
         config.write_text(demo_config(self.workdir, self.sims["ollama"], self.sims["vllm"]))
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.catcher = AlertCatcher()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", IW_DEMO_ALERT_URL=self.catcher.url)
         env.pop("NOTIFY_SOCKET", None)
         self._daemon_log = open(self.workdir / "daemon.log", "wb")
         self.daemon = subprocess.Popen(
@@ -206,6 +211,13 @@ class Demo:
                 seen.discard(key)
                 self._event(f"{now:5.1f}s  ✓ {key[1]} on {key[0]} cleared", "green")
 
+    def _alerts(self, now: float) -> None:
+        """Show each alert the daemon delivered to the stand-in, as it arrives."""
+        if self.catcher is None:
+            return
+        for alert in self.catcher.take():
+            self._event(f"{now:5.1f}s    ✉ alert sent: {alert.get('headline', '?')}", "magenta")
+
     def _event(self, text: str, style: str = "") -> None:
         line = Text(text, style=style)
         self.events.append(line)
@@ -221,8 +233,9 @@ class Demo:
 
     def _summary(self, board: Scoreboard) -> None:
         table = Table(title="demo summary")
-        for column in ("at", "target", "what was done", "expected", "detected", "after"):
+        for column in ("at", "target", "what was done", "expected", "detected", "after", "alerted"):
             table.add_column(column, overflow="fold")
+        sent = self.catcher.alerts if self.catcher is not None else []
         for step in board.steps:
             expected = step.expect or "nothing"
             if step.expect:
@@ -231,7 +244,9 @@ class Demo:
             else:
                 detected, after = "nothing (correct)", "-"
             at = f"{step.done_at:.0f} s" if step.done_at is not None else "not reached"
-            table.add_row(at, step.target, step.what, expected, detected, after)
+            alerted = ", ".join(a["event"] for a in sent
+                                if step.expect and a.get("target") == step.target and a.get("finding") == step.expect)
+            table.add_row(at, step.target, step.what, expected, detected, after, alerted or "-")
         self.console.print(table)
         if board.false_alarms:
             self.console.print("[bold red]false alarms:[/bold red]")
@@ -239,6 +254,9 @@ class Demo:
                 self.console.print(f"  {t:5.1f} s {finding} on {target}: {summary}")
         else:
             self.console.print("false alarms: none")
+        if sent:
+            self.console.print(f"alerts: {len(sent)} message(s) delivered to the local webhook stand-in "
+                               f"({', '.join(sorted({a['event'] for a in sent}))})")
         if board.passed:
             self.console.print("[bold green]PASS[/bold green]: every fault was detected and nothing else was raised")
         else:
@@ -259,6 +277,8 @@ class Demo:
                 self.daemon.kill()
         for sim in self.sims.values():
             sim.stop()
+        if self.catcher is not None:
+            self.catcher.close()
         if hasattr(self, "_daemon_log"):
             self._daemon_log.close()
         if self.keep:
@@ -279,6 +299,8 @@ gpu_interval = "1s"
 poll_interval = "1s"
 process_interval = "1s"
 incident_context = "1m"
+# A short flap window: the "resolved" alert waits this long for the target to stay quiet.
+flap_window = "5s"
 
 [detect]
 stall_after = "6s"
@@ -290,6 +312,12 @@ busy_stall_after = "2m"
 
 [policy]
 mode = "observe"
+
+# The alerts go to a local stand-in for a webhook (the demo shows each one as it arrives).
+[[alerts]]
+name = "demo-webhook"
+kind = "webhook"
+url = "env:IW_DEMO_ALERT_URL"
 
 [[targets]]
 name = "ollama"

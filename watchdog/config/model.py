@@ -114,6 +114,7 @@ class WatchdogSettings(Section):
     process_interval: Positive = 5.0
     recorder_window: Positive = 900.0
     incident_context: Duration = 300.0
+    flap_window: Duration = 300.0
 
     @model_validator(mode="after")
     def _sim_needs_dir(self) -> "WatchdogSettings":
@@ -320,8 +321,26 @@ class PolicySettings(Section):
 
 
 class _AlertBase(Section):
+    """What every sink has: a name, the least severity it hears about, limits and reminders."""
+
     name: str
     min_severity: Literal["warning", "critical"] = "warning"
+    rate_limit: int = Field(default=20, ge=0)
+    rate_window: Positive = 3600.0
+    remind_every: Duration = 14400.0
+    expire_after: Positive = 86400.0
+    timeout: Positive = 10.0
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise PydanticCustomError(
+                "alert_name",
+                "expected a name of letters, digits, '.', '_' or '-' (at most 63), got {got}",
+                {"got": repr(value)},
+            )
+        return value
 
 
 class SlackAlert(_AlertBase):
@@ -333,20 +352,50 @@ class WebhookAlert(_AlertBase):
     kind: Literal["webhook"]
     url: Secret
     headers: dict[str, Secret] = Field(default_factory=dict)
+    format: Literal["json", "discord", "ntfy", "pagerduty"] = "json"
+    signing_secret: Secret | None = None
+    routing_key: Secret | None = None
+
+    @model_validator(mode="after")
+    def _pagerduty_key(self) -> "WebhookAlert":
+        if self.format == "pagerduty" and self.routing_key is None:
+            raise PydanticCustomError(
+                "routing_key", 'format = "pagerduty" needs routing_key (the integration key, as "env:NAME")'
+            )
+        return self
 
 
 class EmailAlert(_AlertBase):
     kind: Literal["email"]
     smtp_host: str
     smtp_port: int = Field(default=587, ge=1, le=65535)
-    starttls: bool = True
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    ca_file: str = ""
     username: str = ""
     password: Secret | None = None
     sender: str
     recipients: list[str] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _auth_pair(self) -> "EmailAlert":
+        if bool(self.username) != (self.password is not None):
+            raise PydanticCustomError("smtp_auth", "username and password go together (both, or neither)")
+        for address in (self.sender, *self.recipients):
+            if "@" not in address or any(c in address for c in "\r\n<>"):
+                raise PydanticCustomError(
+                    "email_address", "expected a plain address like ops@example.com, got {got}", {"got": repr(address)}
+                )
+        return self
 
-AlertSink = Annotated[Union[SlackAlert, WebhookAlert, EmailAlert], Field(discriminator="kind")]
+
+class AppriseAlert(_AlertBase):
+    """Any service Apprise knows (needs the [apprise] extra); the URLs hold tokens, so they are secrets."""
+
+    kind: Literal["apprise"]
+    urls: list[Secret] = Field(min_length=1)
+
+
+AlertSink = Annotated[Union[SlackAlert, WebhookAlert, EmailAlert, AppriseAlert], Field(discriminator="kind")]
 
 
 class PrometheusSettings(Section):

@@ -84,6 +84,15 @@ class ControlClient:
     def reload(self) -> ReloadStatus:
         return ReloadStatus.model_validate(self._json("POST", "/reload"))
 
+    def alert_test(self, sink: str | None = None, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """A test alert through the daemon's real path; one result per sink."""
+        saved = self.timeout
+        self.timeout = max(saved, timeout + 10.0)  # the daemon waits up to ``timeout`` for deliveries
+        try:
+            return self._json("POST", "/alerts/test", json={"sink": sink, "timeout": timeout})["results"]
+        finally:
+            self.timeout = saved
+
     def wedge(self, seconds: float) -> dict[str, Any]:
         return self._json("POST", "/debug/wedge", json={"seconds": seconds})
 

@@ -7,6 +7,7 @@
 | ``GET /incidents/{id}`` | the incident with its timeline |
 | ``GET /incidents/{id}/trace`` | its flight recording, trace-v1 JSON Lines |
 | ``POST /reload`` | ``{"at", "ok", "message"}``: the config reloaded, or why not (the old one stays) |
+| ``POST /alerts/test {"sink": NAME or null, "timeout": S}`` | ``{"results": [{"sink", "kind", "delivered", "attempts", "error"}]}``: a test alert through the outbox to one sink or all (404: no such sink) |
 | ``POST /debug/wedge {"seconds": N}`` | blocks the daemon's loop for N s, only with ``[debug] allow_wedge`` (else 403) |
 
 Errors are ``{"error": "..."}`` with 400, 403, 404 or 500. The server knows the
@@ -32,6 +33,7 @@ from watchdog.incidents.recording import complete_bytes
 from watchdog.status.model import ReloadStatus, StatusSnapshot
 
 MAX_WEDGE_S = 3600.0
+MAX_ALERT_TEST_S = 300.0
 MAX_LIMIT = 1000
 _CHUNK = 256 * 1024
 _log = logger.bind(component="control")
@@ -49,6 +51,10 @@ class ControlProvider(Protocol):
     def recording_path(self, incident: Incident) -> Path | None: ...
 
     async def reload(self) -> ReloadStatus: ...
+
+    async def alert_test(self, sink: str | None, timeout: float) -> list[dict[str, Any]]:
+        """Send a test alert; raises KeyError for an unknown sink."""
+        ...
 
     def allow_wedge(self) -> bool: ...
 
@@ -73,6 +79,7 @@ class ControlServer:
                 web.get(r"/incidents/{id:\d+}", self._incident),
                 web.get(r"/incidents/{id:\d+}/trace", self._trace),
                 web.post("/reload", self._reload),
+                web.post("/alerts/test", self._alert_test),
                 web.post("/debug/wedge", self._wedge),
             ]
         )
@@ -130,6 +137,25 @@ class ControlServer:
     async def _reload(self, request: web.Request) -> web.Response:
         result = await self.provider.reload()
         return _json(result.model_dump(mode="json"))
+
+    async def _alert_test(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except (ValueError, UnicodeDecodeError):
+            raise _error(400, 'expected a JSON body like {"sink": "ops-slack", "timeout": 20}') from None
+        if not isinstance(body, dict):
+            raise _error(400, 'expected a JSON object like {"sink": "ops-slack", "timeout": 20}')
+        sink = body.get("sink")
+        timeout = body.get("timeout", 20)
+        if sink is not None and not isinstance(sink, str):
+            raise _error(400, '"sink" must be a sink name or null (every sink)')
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_ALERT_TEST_S:
+            raise _error(400, f'"timeout" must be a number of seconds between 0 and {MAX_ALERT_TEST_S:g}')
+        try:
+            results = await self.provider.alert_test(sink, float(timeout))
+        except KeyError as exc:
+            raise _error(404, str(exc.args[0]) if exc.args else "no such alert sink") from None
+        return _json({"results": results})
 
     async def _wedge(self, request: web.Request) -> web.StreamResponse:
         if not self.provider.allow_wedge():

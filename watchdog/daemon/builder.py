@@ -27,6 +27,7 @@ from watchdog.detect.factory import make_engine
 from watchdog.incidents import Incidents
 from watchdog.listener import Component, ListenerFactory
 from watchdog.metrics.service import make_metrics
+from watchdog.notify.listener import make_notifier
 from watchdog.probes.base import Clock, Emit, MonotonicClock
 from watchdog.probes.suite import ProbeSuite
 from watchdog.redact import Redactor
@@ -34,6 +35,7 @@ from watchdog.status import LatestRecords
 
 LISTENERS: list[ListenerFactory] = [
     # act, notify and metrics add their factory here, in this order: e.g. ``make_actions``
+    make_notifier,
     make_metrics,
 ]
 """Listener factories, in start order."""
@@ -100,6 +102,7 @@ def build(
         context=lambda since: recorder.records(since),
         incident_context=config.watchdog.incident_context,
         redactor=redactor,
+        flap_window=config.watchdog.flap_window,
     )
     latest = LatestRecords()
     gpu_totals: dict[int, float] = {}

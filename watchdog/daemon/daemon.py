@@ -224,7 +224,8 @@ class Daemon:
         redactor = Redactor.from_config(config)
         self.parts.redactor = self.hub.redactor = redactor
         set_redactor(redactor)
-        await self.incidents.configure(redactor=redactor, incident_context=config.watchdog.incident_context)
+        await self.incidents.configure(redactor=redactor, incident_context=config.watchdog.incident_context,
+                                       flap_window=config.watchdog.flap_window)
         setup_logging(config.watchdog.log_format if self.log_format is None else self.log_format,
                       config.watchdog.log_level if self.log_level is None else self.log_level)
         self.parts.recorder.window_s = config.watchdog.recorder_window
@@ -383,6 +384,12 @@ class _Provider:
         # Its own task: a reload that moves the control socket stops the server that is
         # handling this very request, which must not cancel the reload half-way.
         return await asyncio.shield(self.daemon._spawn(self.daemon.reload(), "reload"))
+
+    async def alert_test(self, sink: str | None, timeout: float) -> list[dict[str, Any]]:
+        alerts = self.daemon.hub.alerts
+        if alerts is None:
+            raise KeyError("alerts are not running in this daemon")
+        return [result.to_json() for result in await alerts.test(sink, timeout)]
 
     def allow_wedge(self) -> bool:
         return self.daemon.config.debug.allow_wedge

@@ -10,6 +10,7 @@ from __future__ import annotations
 from watchdog.config import Config
 from watchdog.daemon.pipeline import Pipeline
 from watchdog.incidents import Incidents
+from watchdog.listener import Alerts
 from watchdog.probes.attribution import Attributor
 from watchdog.probes.base import MonotonicClock
 from watchdog.probes.suite import ProbeSuite
@@ -37,6 +38,8 @@ class DaemonHub:
         # Whether a listener carries out actions: until one does, status says "observe"
         # whatever policy.mode asks for (the act listener sets it when it starts).
         self.acts = False
+        # The notify listener while it runs: its sinks' health for status, and ``alert test``.
+        self.alerts: Alerts | None = None
 
     # --- what listeners read --------------------------------------------------------------------
 
@@ -93,6 +96,7 @@ class DaemonHub:
             redactor=self.redactor,
             canary_failures=self.latest.canary_failures,
             xid_counts=self.latest.xid_counts,
+            alerts=self.alerts.sink_status() if self.alerts is not None else (),
         )
 
 

@@ -99,6 +99,8 @@ class Incident(_Frozen):
     #: Empty in listings that leave timelines out.
     timeline: list[TimelineEntry] = Field(default_factory=list)
     recording: RecordingInfo | None = None
+    #: How often it was reopened: raised again within ``flap_window`` of closing (a flapping target).
+    flaps: int = 0
 
     @property
     def active(self) -> list[IncidentFinding]:

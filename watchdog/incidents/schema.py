@@ -84,6 +84,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "flap count: an incident reopened when its target raises again soon after it closed",
+        ("ALTER TABLE incidents ADD COLUMN flaps INTEGER NOT NULL DEFAULT 0",),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -166,11 +166,11 @@ class IncidentStore:
         recording_until = incident.recording.until if incident.recording else None
         self._conn.execute(
             "INSERT INTO incidents"
-            " (id, target, state, severity, title, opened_at, closed_at, recording, recording_until)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " (id, target, state, severity, title, opened_at, closed_at, recording, recording_until, flaps)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state, severity = excluded.severity,"
             " closed_at = excluded.closed_at, recording = excluded.recording,"
-            " recording_until = excluded.recording_until",
+            " recording_until = excluded.recording_until, flaps = excluded.flaps",
             (
                 incident.id,
                 incident.target,
@@ -181,6 +181,7 @@ class IncidentStore:
                 _ts(incident.closed_at),
                 incident.recording.file if incident.recording else None,
                 _ts(recording_until),
+                incident.flaps,
             ),
         )
 
@@ -289,6 +290,15 @@ class IncidentStore:
         ).fetchall()
         return [self._incident(row, timeline=False) for row in rows]
 
+    def last_closed(self, target: str, since: float) -> Incident | None:
+        """The target's newest incident closed at or after ``since`` (one that may be reopened)."""
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM incidents WHERE target = ? AND state = 'closed' AND closed_at >= ?"
+            " ORDER BY closed_at DESC, id DESC LIMIT 1",
+            (target, since),
+        ).fetchone()
+        return None if row is None else self._incident(row, timeline=True)
+
     def list(self, since: float | None = None, limit: int = 50, timeline: bool = False) -> list[Incident]:
         """Newest first: incidents still open, or opened or closed at or after ``since``."""
         where, args = "", []
@@ -302,7 +312,7 @@ class IncidentStore:
         return [self._incident(row, timeline) for row in rows]
 
     def _incident(self, row: Sequence[Any], timeline: bool) -> Incident:
-        (incident_id, target, state, severity, title, opened_at, closed_at, recording, until) = row
+        (incident_id, target, state, severity, title, opened_at, closed_at, recording, until, flaps) = row
         findings = [
             IncidentFinding(
                 finding=f[0],
@@ -351,10 +361,11 @@ class IncidentStore:
             findings=findings,
             timeline=entries,
             recording=rec,
+            flaps=int(flaps or 0),
         )
 
 
-_COLUMNS = "id, target, state, severity, title, opened_at, closed_at, recording, recording_until"
+_COLUMNS = "id, target, state, severity, title, opened_at, closed_at, recording, recording_until, flaps"
 
 
 def _ts(value: Any) -> float | None:

@@ -21,6 +21,7 @@ from watchdog.redact import NO_SECRETS, Redactor
 from watchdog.status.model import (
     HEALTH_ORDER,
     ActiveFinding,
+    AlertSinkStatus,
     CanaryStatus,
     DaemonStatus,
     GpuStatus,
@@ -100,12 +101,14 @@ def build_status(
     redactor: Redactor = NO_SECRETS,
     canary_failures: Mapping[str, int] | None = None,
     xid_counts: Mapping[int, int] | None = None,
+    alerts: Iterable[AlertSinkStatus] = (),
 ) -> StatusSnapshot:
     """The snapshot.
 
     - ``header``: the configured targets (name, kind, GPUs) and the GPUs (index, name, total memory);
     - ``polls`` / ``canaries`` by target, ``gpu_samples`` by GPU index: the latest of each;
     - ``xids``: XID events seen (any order); ``findings``: the engine's raised findings;
+    - ``alerts``: the alert sinks' health and outbox depth (from the notifier);
     - ``incidents``: the open incidents; ``now``: the daemon clock (seconds since
       ``wall_start``, the Unix time of its zero); a target with no observation
       for ``stale_after`` seconds is ``unknown``;
@@ -163,6 +166,7 @@ def build_status(
         ),
         targets=targets,
         gpus=gpus,
+        alerts=[a.model_copy(update={"last_error": redactor.optional(a.last_error)}) for a in alerts],
     )
 
 

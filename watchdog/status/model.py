@@ -142,6 +142,22 @@ class DaemonStatus(_Model):
     problems: list[str] = Field(default_factory=list, description="what is wrong with the daemon itself")
 
 
+class AlertSinkStatus(_Model):
+    """One ``[[alerts]]`` sink: named, never shown by its URL."""
+
+    name: str
+    kind: str = Field(description="slack, webhook, email or apprise")
+    state: Literal["ok", "failing", "idle"] = Field(
+        description="ok: the last attempt delivered; failing: the last attempt failed (retried); idle: none yet"
+    )
+    pending: int = Field(default=0, description="messages in the outbox waiting to be delivered (outbox depth)")
+    delivered: int = Field(default=0, description="messages delivered (last 7 days)")
+    dropped: int = Field(default=0, description="messages expired or refused (last 7 days)")
+    last_delivered_at: datetime | None = None
+    last_error: str | None = Field(default=None, description="why the last attempt failed (never a URL or secret)")
+    last_error_at: datetime | None = None
+
+
 class StatusSnapshot(_Model):
     schema_version: int = SCHEMA_VERSION
     generated_at: datetime
@@ -149,6 +165,7 @@ class StatusSnapshot(_Model):
     daemon: DaemonStatus
     targets: list[TargetStatus] = Field(default_factory=list)
     gpus: list[GpuStatus] = Field(default_factory=list)
+    alerts: list[AlertSinkStatus] = Field(default_factory=list, description="alert sinks: health and outbox depth")
 
     def target(self, name: str) -> TargetStatus | None:
         return next((t for t in self.targets if t.name == name), None)

@@ -66,6 +66,8 @@ def render_status(snapshot: StatusSnapshot, console: Console | None = None) -> N
     console.print(targets_table(snapshot))
     if snapshot.gpus:
         console.print(gpus_table(snapshot))
+    if snapshot.alerts:
+        console.print(alerts_table(snapshot))
     findings = [f for t in snapshot.targets for f in t.findings if not f.target.startswith("gpu:")]
     findings += [f for g in snapshot.gpus for f in g.findings]
     if findings:
@@ -117,6 +119,28 @@ def targets_table(snapshot: StatusSnapshot) -> Table:
         )
     if not snapshot.targets:
         table.add_row("(none configured)", "", "", "", "", "", "")
+    return table
+
+
+_SINK_STYLE = {"ok": "green", "failing": "red", "idle": "dim"}
+
+
+def alerts_table(snapshot: StatusSnapshot) -> Table:
+    """Each alert sink by name (never its URL): health, outbox depth, last delivery and error."""
+    table = Table(title="Alerts", title_justify="left", expand=False)
+    for column in ("sink", "kind", "state", "outbox", "delivered", "dropped", "last delivered", "last error"):
+        table.add_column(column)
+    for sink in snapshot.alerts:
+        table.add_row(
+            escape(sink.name),
+            sink.kind,
+            Text(sink.state, style=_SINK_STYLE.get(sink.state, "")),
+            Text(str(sink.pending), style="yellow" if sink.pending else ""),
+            str(sink.delivered),
+            str(sink.dropped),
+            _local(sink.last_delivered_at) if sink.last_delivered_at else "-",
+            escape(sink.last_error) if sink.last_error and sink.state == "failing" else "-",
+        )
     return table
 
 
