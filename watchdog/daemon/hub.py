@@ -78,7 +78,8 @@ class DaemonHub:
         return self.suite.attributor if self.suite is not None else None
 
     def target_view(self, target: str) -> TargetView | None:
-        return self.pipeline.engine.target_view(target)
+        found = self.pipeline.engine.targets.get(target)
+        return found.view if found is not None else None
 
     def active_findings(self) -> list[Finding]:
         return self.pipeline.engine.active()
