@@ -195,7 +195,7 @@ async def test_the_restart_budget_survives_a_new_actor_and_is_spent(world, tmp_p
 
 async def test_dry_run_records_would_and_does_nothing(world, tmp_path: Path) -> None:
     counter = tmp_path / "runs"
-    host, incidents, actor = await world(config_text(counter, policy='mode = "dry-run"'))
+    host, incidents, _actor = await world(config_text(counter, policy='mode = "dry-run"'))
     incident_id = await raise_finding(incidents, host)
     data = await wait_until(lambda: _actions(incidents, incident_id), what="an action row")
     assert data[0]["result"] == "would" and data[0]["detail"] == "would restart by command"
@@ -251,7 +251,7 @@ async def test_an_action_interrupted_by_a_kill_is_recorded_and_not_repeated(worl
     store.begin(target="llm", incident_id=event.incident.id, finding="hang", step=0, action="restart",
                 method="command", started=clock.wall_start)
     store.close()
-    host, incidents, actor = await world(config_text(counter))
+    _host, incidents, actor = await world(config_text(counter))
     await wait_until(lambda: any(t.new == State.RECOVERED for t in actor.machine("llm").history), what="verified")
     assert runs(counter) == 0  # verified, not redone
     data = await incident_json(incidents, event.incident.id)
@@ -261,7 +261,7 @@ async def test_an_action_interrupted_by_a_kill_is_recorded_and_not_repeated(worl
 
 async def test_manual_restart_pause_and_resume(world, tmp_path: Path) -> None:
     counter = tmp_path / "runs"
-    host, incidents, actor = await world(config_text(counter))
+    host, _incidents, actor = await world(config_text(counter))
     host.view = TargetSnapshot(state="ready", models=("m",))
     answer = await actor.manual("restart", "llm")
     assert answer["result"] == "ok" and answer["verified"] is True and runs(counter) == 1
@@ -286,7 +286,7 @@ async def test_a_misattributed_process_is_never_signalled(world, tmp_path: Path)
 
     counter = tmp_path / "runs"
     text = config_text(counter).replace('method = "command"', 'method = "none"')
-    foreign = subprocess.Popen(["sleep", "300"])
+    foreign = subprocess.Popen(["sleep", "300"])  # noqa: ASYNC220 - a test's foreign process
     try:
         host, incidents, actor = await world(text)
         host.view = TargetSnapshot(state="ready", held_mib=3000, held_by_pid={foreign.pid: 3000.0},

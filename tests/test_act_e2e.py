@@ -156,7 +156,7 @@ def test_a_hang_is_restarted_and_verified_by_a_canary(tmp_path: Path, relaunched
         assert daemon.stop() == 0
 
 
-def test_a_failed_unload_is_fixed_by_unload_then_kill_of_the_orphan(tmp_path: Path, sim_factory) -> None:
+def test_a_failed_unload_is_fixed_by_unload_then_kill_of_the_orphan(tmp_path: Path, sim_factory) -> None:  # noqa: F811
     sim = sim_factory("ollama", "--load-time", "0.2", gpu_dir=tmp_path / "gpu")
     config = configure(tmp_path, [target(sim.url, detect={"unload_grace": "3s"})], tmp_path / "gpu",
                        '[targets.restart]\nmethod = "none"\n')

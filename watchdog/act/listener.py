@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from watchdog.act.actor import Actor
@@ -118,7 +118,7 @@ class ActListener:
         for name, info in (await self.actor.status()).items():
             until = info.get("paused_until")
             out[name] = ActionStatus(**{**info, "paused_until": None if until is None else
-                                        datetime.fromtimestamp(until, tz=timezone.utc)})
+                                        datetime.fromtimestamp(until, tz=UTC)})
         return out
 
 

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from loguru import logger
 
 from watchdog.config import Config
+from watchdog.daemon.pipeline import Pipeline
 from watchdog.detect.finding import Finding
 from watchdog.detect.view import TargetView
-from watchdog.daemon.pipeline import Pipeline
 from watchdog.incidents import Incidents
 from watchdog.listener import Alerts
 from watchdog.probes.attribution import Attributor
