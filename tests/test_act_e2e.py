@@ -152,6 +152,17 @@ def test_a_hang_is_restarted_and_verified_by_a_canary(tmp_path: Path, relaunched
         assert not incident_with(config, lambda i: any(f["finding"] == "down" for f in i["findings"]))
         status = status_json(config)
         assert status["targets"][0]["action"]["restarts_left"] == 2
+        # An operator pauses it: a manual restart is refused (exit 2), with the reason.
+        paused = ctl(config, "pause", "ollama", "--for", "1h")
+        assert paused.returncode == 0 and "paused until" in paused.stdout, paused.stderr
+        assert status_json(config)["targets"][0]["action"]["paused_until"] is not None
+        refused = ctl(config, "restart", "ollama")
+        assert refused.returncode == 2 and "paused" in refused.stderr
+        assert ctl(config, "pause", "nope").returncode == 2  # no such target
+        assert ctl(config, "resume", "ollama").returncode == 0
+        restarted = ctl(config, "restart", "ollama", timeout=90)
+        assert restarted.returncode == 0 and "verified" in restarted.stdout, restarted.stdout + restarted.stderr
+        assert sim.restarts() == 2
     finally:
         assert daemon.stop() == 0
 
