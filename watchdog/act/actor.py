@@ -457,6 +457,12 @@ class Actor:
                           container_id=container_id) for pid in candidates]
 
         verdicts = await asyncio.to_thread(check)
+        owner_of = getattr(self.host, "owner_of", None)
+        if owner_of is not None:  # and the probes' attribution must agree (never a kill it does not back)
+            owners = await asyncio.to_thread(lambda: {v.pid: owner_of(v.pid) for v in verdicts
+                                                      if isinstance(v, Proof)})
+            verdicts = [Refusal(v.pid, f"the probes attribute it to {owners.get(v.pid) or 'no target'}")
+                        if isinstance(v, Proof) and owners.get(v.pid) != target else v for v in verdicts]
         proofs = [v for v in verdicts if isinstance(v, Proof)]
         refusals = [v for v in verdicts if isinstance(v, Refusal)]
         refused = {str(r.pid): r.reason for r in refusals}

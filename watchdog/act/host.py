@@ -64,3 +64,6 @@ class ActHost(Protocol):
     async def canary(self, target: str) -> Canary | None:
         """Send a canary now and return it; None when none can be sent (no model loaded...)."""
         ...
+
+    # Optional: ``owner_of(pid) -> str | None``, the probes' attribution (blocking). When the
+    # host has it, a kill also needs it to name the target, on top of the per-pid proof.

@@ -72,6 +72,11 @@ class HubHost:
             poll_t=view.poll.t if view.poll is not None else None,
         )
 
+    def owner_of(self, pid: int) -> str | None:
+        """The target the probes' attribution gives the pid (blocking: psutil, /proc)."""
+        attributor = self.hub.attributor()
+        return attributor.owner(pid) if attributor is not None else None
+
     async def canary(self, target: str) -> Canary | None:
         """A canary now; if one is already in flight, wait for the next free moment (bounded)."""
         config = self.hub.config
