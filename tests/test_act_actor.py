@@ -305,3 +305,35 @@ async def test_a_misattributed_process_is_never_signalled(world, tmp_path: Path)
     finally:
         foreign.kill()
         foreign.wait()
+
+
+async def test_a_non_urgent_finding_waits_for_the_drain(world, tmp_path: Path) -> None:
+    counter = tmp_path / "runs"
+    host, incidents, actor = await world(config_text(counter))
+    host.view = TargetSnapshot(state="ready", models=("m",), running=2, busy=False,
+                               findings=frozenset({"memory_growth"}))
+    incident_id = await raise_finding(incidents, host, "memory_growth")
+    await wait_until(lambda: actor.machine("llm").state == State.WAITING, what="draining")
+    await asyncio.sleep(0.5)
+    assert runs(counter) == 0  # requests still running: not yet
+    host.view = TargetSnapshot(state="ready", models=("m",), running=0, findings=frozenset({"memory_growth"}))
+    await wait_until(lambda: any(t.new == State.RECOVERED for t in actor.machine("llm").history), what="recovered")
+    assert runs(counter) == 1
+    data = await incident_json(incidents, incident_id)
+    assert any("draining" in e["summary"] for e in data["timeline"])
+
+
+async def test_outside_the_maintenance_window_a_non_urgent_finding_waits(world, tmp_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    counter = tmp_path / "runs"
+    later = datetime.now(timezone.utc) + timedelta(hours=3)
+    window = f"{later:%H}:00-{(later + timedelta(hours=1)):%H}:00"
+    host, incidents, actor = await world(config_text(counter, policy=f'maintenance_window = "{window}"'))
+    host.view = TargetSnapshot(state="ready", models=("m",), findings=frozenset({"degraded"}))
+    incident_id = await raise_finding(incidents, host, "degraded")
+    await wait_until(lambda: actor.machine("llm").state == State.WAITING, what="waiting for the window")
+    data = await incident_json(incidents, incident_id)
+    assert any(f"maintenance window {window}" in e["summary"] for e in data["timeline"])
+    await asyncio.sleep(0.3)
+    assert runs(counter) == 0
