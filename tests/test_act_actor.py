@@ -12,6 +12,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -324,10 +325,10 @@ async def test_a_non_urgent_finding_waits_for_the_drain(world, tmp_path: Path) -
 
 
 async def test_outside_the_maintenance_window_a_non_urgent_finding_waits(world, tmp_path: Path) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     counter = tmp_path / "runs"
-    later = datetime.now(timezone.utc) + timedelta(hours=3)
+    later = datetime.now(UTC) + timedelta(hours=3)
     window = f"{later:%H}:00-{(later + timedelta(hours=1)):%H}:00"
     host, incidents, actor = await world(config_text(counter, policy=f'maintenance_window = "{window}"'))
     host.view = TargetSnapshot(state="ready", models=("m",), findings=frozenset({"degraded"}))
