@@ -169,7 +169,9 @@ def test_a_hang_is_restarted_and_verified_by_a_canary(tmp_path: Path, relaunched
 
 def test_a_failed_unload_is_fixed_by_unload_then_kill_of_the_orphan(tmp_path: Path, sim_factory) -> None:  # noqa: F811
     sim = sim_factory("ollama", "--load-time", "0.2", gpu_dir=tmp_path / "gpu")
-    config = configure(tmp_path, [target(sim.url, detect={"unload_grace": "3s"})], tmp_path / "gpu",
+    slow_canary = dict(FAST_CANARY, interval="6s")  # a wide gap between canaries for the unload below
+    config = configure(tmp_path, [target(sim.url, detect={"unload_grace": "3s"}, canary=slow_canary)],
+                       tmp_path / "gpu",
                        '[targets.restart]\nmethod = "none"\n')
     daemon = DaemonProcess(config, tmp_path)
     try:
@@ -177,6 +179,10 @@ def test_a_failed_unload_is_fixed_by_unload_then_kill_of_the_orphan(tmp_path: Pa
         load(sim.url, sim.model)
         wait_for(lambda: (s := status_json(config)) and s["targets"][0]["models"]
                  and any(g["target_mem_mib"] for g in s["targets"][0]["gpus"]), 30, "the model's memory seen")
+        # Right after a canary: one that chose its model from a poll taken before the unload would
+        # load the model again and hide the orphan (a known race in the canary probe, not act's).
+        wait_for(lambda: (s := status_json(config)) and (c := s["targets"][0]["last_canary"])
+                 and c["age_s"] < 1.5, 30, "a canary that just finished", interval=0.1)
         sim.inject("failed_unload")
         httpx.post(f"{sim.url}/api/generate", json={"model": sim.model, "keep_alive": 0}, timeout=10)
         [orphan] = wait_for(lambda: [o["pid"] for o in sim.state()["orphans"]], 20, "the orphaned runner")
