@@ -166,7 +166,8 @@ async def test_a_server_that_keeps_hanging_climbs_the_ladder_and_gives_up(world,
     data = await incident_json(incidents, incident_id)
     assert [a["result"] for a in data["actions"]] == ["ok", "ok"]
     assert data["recovered_after_s"] is None
-    assert any("gave up: the hang ladder is spent" in e["summary"] for e in data["timeline"])
+    assert any("gave up: the hang ladder is spent: restart (ok, not verified), restart (ok, not verified) "
+               "did not fix it" in e["summary"] for e in data["timeline"])
     # Paused: a new incident gets no action until an operator resumes.
     await incidents.on_findings([Finding(host.clock(), "llm", "hang", "cleared", "x")])
     await raise_finding(incidents, host)

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from loguru import logger
@@ -68,6 +68,8 @@ class _Episode:
     task: asyncio.Task[None] | None = None
     #: The pids the detector named in its evidence (failed_unload: the holders left behind).
     pids: tuple[int, ...] = ()
+    #: What was tried so far, e.g. "restart (ok, not verified)", for the "gave up" line.
+    tried: list[str] = field(default_factory=list)
 
 
 class Actor:
@@ -222,14 +224,14 @@ class Actor:
                 return
             step += 1
             failed_verification = True
+            ep.tried.append(f"{resume_verify} (interrupted, not verified)")
             await self._backoff(target, policy, ep, f"the interrupted {resume_verify} did not fix it")
         while step < len(ladder):
             rung = ladder[step]
             where = f"{ep.finding}: {rung} (rung {step + 1} of {len(ladder)}: {describe_ladder(ladder)})"
             if rung == "give_up":
-                done = [r for r in ladder[:step] if r not in ("drain", "give_up")]
                 await self._give_up(target, ep, f"the {ep.finding} ladder is spent: "
-                                    f"{describe_ladder(done) or 'nothing'} did not fix it")
+                                    f"{', '.join(ep.tried) or 'nothing'} did not fix it")
                 return
             if rung == "drain":
                 if not await self._drain(target, policy, ep):
@@ -253,11 +255,13 @@ class Actor:
                 await self._change(target, State.VERIFYING, f"{rung} {outcome.result}: {outcome.detail}", ep)
                 if await self._verify(target, rung, policy, ep, before=before):
                     return
+                ep.tried.append(f"{rung} (ok, not verified)")
                 failed_verification = True
                 step += 1
                 if step < len(ladder):
                     await self._backoff(target, policy, ep, f"{rung} did not fix it")
                 continue
+            ep.tried.append(f"{rung} ({outcome.result})")
             step += 1
             if outcome.result == "skipped":
                 await self._change(target, State.BACKOFF, f"{rung} skipped: {outcome.detail}; next rung", ep)
