@@ -194,6 +194,15 @@ def test_a_failed_unload_is_fixed_by_unload_then_kill_of_the_orphan(tmp_path: Pa
         assert "no model is loaded" in incident["actions"][0]["detail"]
         assert str(orphan) in incident["actions"][1]["detail"]
         assert sim.state()["orphans"] == [] and sim.alive()  # the server itself was never touched
+        # An operator's unload, through the same records: the memory must come back.
+        sim.inject("recover")
+        load(sim.url, sim.model)
+        wait_for(lambda: (s := status_json(config)) and s["targets"][0]["models"]
+                 and any(g["target_mem_mib"] for g in s["targets"][0]["gpus"]), 30, "the model loaded again")
+        unloaded = ctl(config, "unload", "ollama", sim.model, timeout=60)
+        assert unloaded.returncode == 0 and "verified" in unloaded.stdout, unloaded.stdout + unloaded.stderr
+        # (Not asserted: that it stays unloaded. A canary that chose the model from a poll taken
+        # just before the unload loads it again: the canary-probe race noted in the report.)
     finally:
         assert daemon.stop() == 0
 
