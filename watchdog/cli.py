@@ -352,6 +352,64 @@ def alert_test_command(obj: Context, sink: str | None, timeout: float, as_json: 
     except DaemonUnreachable as exc:
         _unreachable(exc)
     sys.exit(render(results, Console(), as_json))
+@cli.command("restart")
+@click.argument("target")
+@_socket_option
+@pass_ctx
+def restart_command(obj: Context, target: str, socket_path: str | None) -> None:
+    """Restart TARGET now, through the same policy, budget and records as the watchdog's own actions.
+
+    Refused while a model loads or a prefill runs, while the target is paused, or
+    when the restart budget is spent. Exit codes: 0 restarted and verified by a
+    canary; 1 failed or not verified; 2 refused; 3 the daemon is unreachable.
+    """
+    from watchdog.commands.act import run_action
+
+    sys.exit(run_action(_control_client(obj, socket_path), "restart", target))
+
+
+@cli.command("unload")
+@click.argument("target")
+@click.argument("model", required=False)
+@_socket_option
+@pass_ctx
+def unload_command(obj: Context, target: str, model: str | None, socket_path: str | None) -> None:
+    """Force MODEL (default: every loaded model) out of TARGET's memory; check the GPU memory came back."""
+    from watchdog.commands.act import run_action
+
+    sys.exit(run_action(_control_client(obj, socket_path), "unload", target, model=model))
+
+
+@cli.command("pause")
+@click.argument("target")
+@click.option("--for", "duration", metavar="DURATION", default=None, help='e.g. "1h" (default: until resumed).')
+@_socket_option
+@pass_ctx
+def pause_command(obj: Context, target: str, duration: str | None, socket_path: str | None) -> None:
+    """Stop acting on TARGET (it is still watched), until `watchdogctl resume` or for a while."""
+    from watchdog.commands.act import run_action
+    from watchdog.config.durations import parse_duration
+
+    seconds = None
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--for") from None
+        if seconds <= 0:
+            raise click.BadParameter("expected a duration above zero", param_hint="--for")
+    sys.exit(run_action(_control_client(obj, socket_path), "pause", target, seconds=seconds))
+
+
+@cli.command("resume")
+@click.argument("target")
+@_socket_option
+@pass_ctx
+def resume_command(obj: Context, target: str, socket_path: str | None) -> None:
+    """Act on TARGET again after a pause or after the watchdog gave up; the restart budget starts afresh."""
+    from watchdog.commands.act import run_action
+
+    sys.exit(run_action(_control_client(obj, socket_path), "resume", target))
 
 
 @cli.command("demo")

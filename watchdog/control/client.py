@@ -92,6 +92,10 @@ class ControlClient:
             return self._json("POST", "/alerts/test", json={"sink": sink, "timeout": timeout})["results"]
         finally:
             self.timeout = saved
+    def act(self, action: str, target: str, **params: Any) -> dict[str, Any]:
+        """restart, unload (model=...), pause (seconds=...), resume: through the daemon's policy."""
+        body = {k: v for k, v in params.items() if v is not None}
+        return self._json("POST", f"/targets/{target}/{action}", json=body)
 
     def wedge(self, seconds: float) -> dict[str, Any]:
         return self._json("POST", "/debug/wedge", json={"seconds": seconds})

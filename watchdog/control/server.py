@@ -8,9 +8,14 @@
 | ``GET /incidents/{id}/trace`` | its flight recording, trace-v1 JSON Lines |
 | ``POST /reload`` | ``{"at", "ok", "message"}``: the config reloaded, or why not (the old one stays) |
 | ``POST /alerts/test {"sink": NAME or null, "timeout": S}`` | ``{"results": [{"sink", "kind", "delivered", "attempts", "error"}]}``: a test alert through the outbox to one sink or all (404: no such sink) |
+| ``POST /targets/{name}/restart`` | ``{"target", "action", "result", "detail", "verified"}`` after the restart and its verification |
+| ``POST /targets/{name}/unload {"model": M}`` | the same for a forced unload (``model`` optional: every loaded model) |
+| ``POST /targets/{name}/pause {"seconds": N}`` | ``{"target", "paused", "until", "reason"}`` (no ``seconds``: until resumed) |
+| ``POST /targets/{name}/resume`` | ``{"target", "paused": false}``; the restart budget starts afresh |
 | ``POST /debug/wedge {"seconds": N}`` | blocks the daemon's loop for N s, only with ``[debug] allow_wedge`` (else 403) |
 
-Errors are ``{"error": "..."}`` with 400, 403, 404 or 500. The server knows the
+Errors are ``{"error": "..."}`` with 400, 403, 404, 409 (an action refused: paused,
+busy, budget spent, a model loading, mode observe) or 500. The server knows the
 daemon only through a :class:`ControlProvider`.
 """
 
@@ -58,6 +63,15 @@ class ControlProvider(Protocol):
 
     def allow_wedge(self) -> bool: ...
 
+    async def act(self, action: str, target: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A manual action (restart, unload, pause, resume). Raises LookupError (no such
+        target: 404) or ActionRefused (409)."""
+        ...
+
+
+class ActionRefused(Exception):
+    """The policy refused a manual action; the message says why."""
+
 
 class ControlServer:
     """Serves a :class:`ControlProvider` on a unix socket. ``await start()``, ``await stop()``."""
@@ -80,6 +94,7 @@ class ControlServer:
                 web.get(r"/incidents/{id:\d+}/trace", self._trace),
                 web.post("/reload", self._reload),
                 web.post("/alerts/test", self._alert_test),
+                web.post(r"/targets/{name}/{action:restart|unload|pause|resume}", self._act),
                 web.post("/debug/wedge", self._wedge),
             ]
         )
@@ -156,6 +171,30 @@ class ControlServer:
         except KeyError as exc:
             raise _error(404, str(exc.args[0]) if exc.args else "no such alert sink") from None
         return _json({"results": results})
+    async def _act(self, request: web.Request) -> web.Response:
+        params: dict[str, Any] = {}
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except (ValueError, UnicodeDecodeError):
+                raise _error(400, "expected a JSON object as the body") from None
+            if not isinstance(body, dict):
+                raise _error(400, "expected a JSON object as the body")
+            params = body
+        seconds = params.get("seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or not math.isfinite(seconds) or seconds <= 0):
+            raise _error(400, '"seconds" must be a positive number')
+        model = params.get("model")
+        if model is not None and (not isinstance(model, str) or not model or len(model) > 256):
+            raise _error(400, '"model" must be a model name')
+        try:
+            result = await self.provider.act(request.match_info["action"], request.match_info["name"], params)
+        except LookupError as exc:
+            raise _error(404, str(exc).strip("'\"")) from None
+        except ActionRefused as exc:
+            raise _error(409, str(exc)) from None
+        return _json(result)
 
     async def _wedge(self, request: web.Request) -> web.StreamResponse:
         if not self.provider.allow_wedge():
@@ -206,7 +245,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _error(status: int, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound}[status]
+    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
     return cls(text=json.dumps({"error": message}), content_type="application/json")
 
 

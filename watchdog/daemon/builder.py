@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from watchdog.act.listener import make_actions
 from watchdog.config import Config
 from watchdog.daemon.hub import DaemonHub
 from watchdog.daemon.pipeline import Pipeline
@@ -34,7 +35,7 @@ from watchdog.redact import Redactor
 from watchdog.status import LatestRecords
 
 LISTENERS: list[ListenerFactory] = [
-    # act, notify and metrics add their factory here, in this order: e.g. ``make_actions``
+    make_actions,
     make_notifier,
     make_metrics,
 ]

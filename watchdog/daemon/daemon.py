@@ -27,7 +27,7 @@ from typing import IO, Any
 from loguru import logger
 
 from watchdog.config import Config, ConfigError, load_config
-from watchdog.control.server import ControlServer
+from watchdog.control.server import ActionRefused, ControlServer
 from watchdog.control.socket import ControlSocketError
 from watchdog.daemon.builder import Parts, build
 from watchdog.daemon.pipeline import Pipeline
@@ -393,6 +393,24 @@ class _Provider:
 
     def allow_wedge(self) -> bool:
         return self.daemon.config.debug.allow_wedge
+
+    async def act(self, action: str, target: str, params: dict[str, Any]) -> dict[str, Any]:
+        from watchdog.act import ActError
+
+        if target not in {t.name for t in self.daemon.config.targets}:
+            raise LookupError(f"no target named {target!r}")
+        listener = next((x for x in self.daemon.parts.listeners if x.name == "act"), None)
+        actor = getattr(listener, "actor", None)
+        if actor is None:
+            raise ActionRefused("this daemon runs without the act listener")
+        try:
+            if action == "pause":
+                return await actor.pause(target, seconds=params.get("seconds"))
+            if action == "resume":
+                return await actor.resume(target)
+            return await actor.manual(action, target, model=params.get("model"))
+        except ActError as exc:
+            raise ActionRefused(str(exc)) from None
 
 
 async def run_daemon(config_path: str, config: Config, log_format: str | None = None,

@@ -408,20 +408,46 @@ class IncidentManager:
 
     # --- notes, records, time -----------------------------------------------------------------
 
-    def note(self, target: str, summary: str, t: float, evidence: dict[str, Any] | None = None) -> list[IncidentEvent]:
-        """Add a note (an action taken, an alert sent...) to the target's open incident, if any."""
-        live = self._open.get(target)
-        if live is None:
-            return []
+    def note(
+        self,
+        target: str,
+        summary: str,
+        t: float,
+        evidence: dict[str, Any] | None = None,
+        incident_id: int | None = None,
+    ) -> list[IncidentEvent]:
+        """Add a note (an action taken, an alert sent...) to the target's open incident, if any.
+
+        With ``incident_id``, the note goes to that incident even when it has closed
+        meanwhile (an action's verification often ends after the finding cleared).
+        """
         entry = TimelineEntry(
             at=self._at(t),
             kind="note",
             summary=self.redactor.text(summary),
             evidence=self.redactor.data(dict(evidence or {})),
         )
+        live = self._open.get(target)
+        if live is None or (incident_id is not None and live.incident.id != incident_id):
+            return self._note_closed(target, incident_id, entry)
         live.incident = live.incident.model_copy(update={"timeline": [*live.incident.timeline, entry]})
         self._save(live.incident, [entry])
         return [IncidentEvent(kind="updated", incident=self._view(target), change=entry)]
+
+    def _note_closed(self, target: str, incident_id: int | None, entry: TimelineEntry) -> list[IncidentEvent]:
+        if incident_id is None:
+            return []
+        try:
+            incident = self.store.get(incident_id)
+            if incident is None or incident.target != target or incident.is_open:
+                return []
+            with self.store.transaction():
+                self.store.add_entry(incident_id, entry)
+        except sqlite3.Error as exc:
+            self._problem("store", f"state store: cannot add a note to incident #{incident_id} ({exc})")
+            return []
+        incident = incident.model_copy(update={"timeline": [*incident.timeline, entry]})
+        return [IncidentEvent(kind="updated", incident=incident, change=entry)]
 
     def record(self, records: Sequence[Record]) -> list[IncidentEvent]:
         """Append records to the recordings that are running; then let time pass to the last one."""
@@ -542,6 +568,13 @@ class IncidentManager:
             incident = incident.model_copy(
                 update={"recording": incident.recording.model_copy(update={"bytes": live.recording.size})}
             )
+        try:  # actions are written by watchdog/act/ into the same database
+            actions = self.store.actions_of(incident.id)
+            recovered = self.store.recovered_after(incident.id)
+        except sqlite3.Error:
+            return incident
+        if actions or recovered is not None:
+            incident = incident.model_copy(update={"actions": actions, "recovered_after_s": recovered})
         return incident
 
     @staticmethod

@@ -153,12 +153,24 @@ class Incidents:
         context = self._context_for(batch)
         return await self._mutate(lambda m: m.handle(batch, context))
 
-    async def note(self, target: str, summary: str, evidence: dict[str, Any] | None = None) -> list[IncidentEvent]:
-        """A line in the timeline of the target's open incident (an action, an alert sent...)."""
+    async def note(
+        self, target: str, summary: str, evidence: dict[str, Any] | None = None, incident_id: int | None = None
+    ) -> list[IncidentEvent]:
+        """A line in the timeline of the target's open incident (an action, an alert sent...);
+        with ``incident_id``, of that incident even if it closed meanwhile."""
         if self._manager is None:
             return []
         t = self.clock()
-        return await self._mutate(lambda m: m.note(target, summary, t, evidence))
+        return await self._mutate(lambda m: m.note(target, summary, t, evidence, incident_id))
+
+    @property
+    def db_path(self) -> Path | None:
+        """The SQLite file the incidents live in (None while in memory only): watchdog/act/
+        keeps its actions and budget there, through a connection of its own."""
+        manager = self._manager
+        if manager is None or not manager.store.persistent:
+            return None
+        return manager.store.path
 
     async def tick(self) -> list[IncidentEvent]:
         """Let time pass when no records come (call it now and then, e.g. every few seconds)."""

@@ -26,6 +26,7 @@ from typing import Any
 from loguru import logger
 
 from watchdog.incidents.model import (
+    ActionEntry,
     Incident,
     IncidentFinding,
     RecordingInfo,
@@ -312,7 +313,8 @@ class IncidentStore:
         return [self._incident(row, timeline) for row in rows]
 
     def _incident(self, row: Sequence[Any], timeline: bool) -> Incident:
-        (incident_id, target, state, severity, title, opened_at, closed_at, recording, until, flaps) = row
+        (incident_id, target, state, severity, title, opened_at, closed_at, recording, until, flaps,
+         recovered) = row
         findings = [
             IncidentFinding(
                 finding=f[0],
@@ -362,10 +364,32 @@ class IncidentStore:
             timeline=entries,
             recording=rec,
             flaps=int(flaps or 0),
+            actions=self.actions_of(incident_id),
+            recovered_after_s=recovered,
         )
 
+    def actions_of(self, incident_id: int) -> list[ActionEntry]:
+        """The actions taken on an incident (written by watchdog/act/ through its own connection)."""
+        return [
+            ActionEntry(
+                action=a[0], method=a[1], result=a[2] or "running", started=to_datetime(a[3]),
+                finished=None if a[4] is None else to_datetime(a[4]), detail=a[5], manual=bool(a[6]),
+                finding=a[7], step=a[8],
+            )
+            for a in self._conn.execute(
+                "SELECT action, method, result, started, finished, detail, manual, finding, step"
+                " FROM actions WHERE incident_id = ? ORDER BY id",
+                (incident_id,),
+            )
+        ]
 
-_COLUMNS = "id, target, state, severity, title, opened_at, closed_at, recording, recording_until, flaps"
+    def recovered_after(self, incident_id: int) -> float | None:
+        row = self._conn.execute("SELECT recovered_after_s FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        return None if row is None else row[0]
+
+
+_COLUMNS = ("id, target, state, severity, title, opened_at, closed_at, recording, recording_until, flaps,"
+            " recovered_after_s")
 
 
 def _ts(value: Any) -> float | None:

@@ -20,6 +20,7 @@ from watchdog.incidents.model import Incident, severity_of, to_datetime
 from watchdog.redact import NO_SECRETS, Redactor
 from watchdog.status.model import (
     HEALTH_ORDER,
+    ActionStatus,
     ActiveFinding,
     AlertSinkStatus,
     CanaryStatus,
@@ -102,6 +103,7 @@ def build_status(
     canary_failures: Mapping[str, int] | None = None,
     xid_counts: Mapping[int, int] | None = None,
     alerts: Iterable[AlertSinkStatus] = (),
+    actions: Mapping[str, ActionStatus] | None = None,
 ) -> StatusSnapshot:
     """The snapshot.
 
@@ -139,6 +141,8 @@ def build_status(
         .model_copy(update={"canary_failures": (canary_failures or {}).get(name, 0)})
         for name in names
     ]
+    if actions:
+        targets = [t.model_copy(update={"action": actions.get(t.name)}) for t in targets]
     indexes = sorted({g.index for g in header.gpus} | set(gpu_samples))
     gpus = [
         _gpu(header, index, gpu_samples.get(index), xids_by_gpu.get(index, []), by_target, open_by_target, now,

@@ -83,6 +83,18 @@ class TargetGpu(_Model):
     target_mem_mib: int | None = Field(default=None, description="memory held by this target's processes")
 
 
+class ActionStatus(_Model):
+    """What the actor (watchdog/act/) may still do to the target."""
+
+    state: str = Field(description="watching, waiting, acting, verifying, recovered, backoff or gave_up")
+    mode: str | None = Field(default=None, description="act, dry-run or observe (after per-target overrides)")
+    paused: bool = False
+    paused_until: datetime | None = Field(default=None, description="null with paused: until `watchdogctl resume`")
+    paused_reason: str | None = None
+    restarts_left: int | None = Field(default=None, description="restarts left in the budget's window")
+    max_restarts: int | None = None
+
+
 class TargetStatus(_Model):
     name: str
     kind: str = Field(description="ollama, vllm, llamacpp or openai")
@@ -97,6 +109,7 @@ class TargetStatus(_Model):
     findings: list[ActiveFinding] = Field(default_factory=list)
     incident: IncidentRef | None = None
     canary_failures: int = Field(default=0, description="failed canaries since the daemon started")
+    action: ActionStatus | None = Field(default=None, description="the actor's state, pause and restart budget")
 
 
 class XidStatus(_Model):

@@ -115,7 +115,7 @@ def targets_table(snapshot: StatusSnapshot) -> Table:
             "\n".join(escape(_model(m.name, m.vram_mib)) for m in target.models) or "-",
             _canary_cell(target),
             "\n".join(_target_gpu(g) for g in target.gpus) or "-",
-            _incident_cell(target.incident),
+            _incident_cell(target.incident) + _action_cell(target),
         )
     if not snapshot.targets:
         table.add_row("(none configured)", "", "", "", "", "", "")
@@ -195,6 +195,26 @@ def _target_gpu(gpu) -> str:  # TargetGpu
     if gpu.target_mem_mib is not None:
         text += f" (holds {_mib(gpu.target_mem_mib)})"
     return text
+
+
+def _action_cell(target: TargetStatus) -> str:
+    """Under the incident: a pause, a spent or low restart budget, an action in progress."""
+    action = target.action
+    if action is None:
+        return ""
+    parts = []
+    if action.paused:
+        until = "until resumed" if action.paused_until is None else f"until {_local(action.paused_until)}"
+        parts.append(f"[bold yellow]paused {until}[/bold yellow]")
+        if action.paused_reason:
+            parts.append(f"[dim]{escape(action.paused_reason)[:80]}[/dim]")
+    if action.state not in ("watching",):
+        parts.append(f"act: {action.state}")
+    if action.restarts_left is not None and action.max_restarts is not None:
+        parts.append(f"[dim]{action.restarts_left}/{action.max_restarts} restarts left[/dim]")
+    if action.mode and action.mode != "act":
+        parts.append(f"[dim]mode {action.mode}[/dim]")
+    return ("\n" + "\n".join(parts)) if parts else ""
 
 
 def _incident_cell(incident: IncidentRef | None) -> str:
