@@ -21,7 +21,7 @@ import pytest
 from tests.hostile import MODEL, STATUS_MODES, HostileHost, hostile_host
 from watchdog.config.load import parse_config
 from watchdog.config.model import Config
-from watchdog.detect.engine import DetectionEngine
+from watchdog.detect.factory import make_engine
 from watchdog.probes.adapters import MAX_MODELS_PER_POLL, make_adapter
 from watchdog.probes.canary import CanaryProbe
 from watchdog.probes.http import DEFAULT_MAX_BODY
@@ -138,7 +138,7 @@ async def test_an_endless_token_stream_is_cut_at_max_tokens_and_is_no_hang(host:
     records: list[Record] = []
     adapter = make_adapter(config.targets[0], clock)
     probe = CanaryProbe(adapter, config.targets[0].canary, clock, records.append)
-    engine = DetectionEngine.for_header(Header(targets=[TraceTarget(name="t", kind=kind)]), config)
+    engine = make_engine(config, header=Header(targets=[TraceTarget(name="t", kind=kind)]))
     findings = []
     try:
         for _ in range(4):
@@ -148,7 +148,8 @@ async def test_an_endless_token_stream_is_cut_at_max_tokens_and_is_no_hang(host:
             canary = await probe.round(force=True)
             assert canary is not None
             assert canary.ok, canary
-            assert canary.tokens == 20 and canary.extra.get("cut") == "max_tokens", canary
+            # Cut at the first token beyond max_tokens: the server does not stop by itself.
+            assert canary.tokens == 21 and canary.extra.get("cut") == "max_tokens", canary
             findings += engine.feed(canary)
     finally:
         await adapter.aclose()
@@ -163,7 +164,7 @@ async def test_an_endless_token_stream_is_cut_at_max_tokens_and_is_no_hang(host:
 def test_a_timeout_after_tokens_is_not_a_hang() -> None:
     """Tokens came, but the whole answer took longer than the canary's deadline: slow, not hung."""
     config = config_for("http://127.0.0.1:1", "vllm", models=("m",))
-    engine = DetectionEngine.for_header(Header(targets=[TraceTarget(name="t", kind="vllm")]), config)
+    engine = make_engine(config, header=Header(targets=[TraceTarget(name="t", kind="vllm")]))
     findings = []
     for i in range(6):
         t = 10.0 * (i + 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import http.client
-import json
+import json as _jsonlib
 import os
 import socket
 import tempfile
@@ -93,7 +93,7 @@ class ControlClient:
         saved = self.timeout
         self.timeout = max(saved, timeout + 10.0)  # the daemon waits up to ``timeout`` for deliveries
         try:
-            return self._json("POST", "/alerts/test", json_body={"sink": sink, "timeout": timeout})["results"]
+            return self._json("POST", "/alerts/test", json={"sink": sink, "timeout": timeout})["results"]
         finally:
             self.timeout = saved
     def act(self, action: str, target: str, **params: Any) -> dict[str, Any]:
@@ -102,7 +102,7 @@ class ControlClient:
         return self._json("POST", f"/targets/{target}/{action}", json=body)
 
     def wedge(self, seconds: float) -> dict[str, Any]:
-        return self._json("POST", "/debug/wedge", json_body={"seconds": seconds})
+        return self._json("POST", "/debug/wedge", json={"seconds": seconds})
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -116,10 +116,11 @@ class ControlClient:
         connection.request(method, url, body=body, headers=headers)
         return connection.getresponse()
 
-    def _json(self, method: str, url: str, params: dict[str, Any] | None = None, json_body: Any = None) -> Any:
+    def _json(self, method: str, url: str, params: dict[str, Any] | None = None, json: Any = None) -> Any:
+        """A request with an optional JSON body (``json``, as httpx names it), answered with JSON."""
         if params:
             url += "?" + urlencode(params)
-        body = None if json_body is None else json.dumps(json_body).encode()
+        body = None if json is None else _jsonlib.dumps(json).encode()
         connection = self._connection()
         try:
             response = self._send(connection, method, url, body)
@@ -131,7 +132,7 @@ class ControlClient:
         if status >= 400:
             raise ControlError(status, _message(status, data))
         try:
-            return json.loads(data)
+            return _jsonlib.loads(data)
         except (ValueError, RecursionError):
             raise ControlError(status, "the daemon answered something that is not JSON") from None
 
@@ -213,7 +214,7 @@ def _permission(path: Path) -> str:
 
 def _message(status: int, body: bytes) -> str:
     try:
-        data = json.loads(body)
+        data = _jsonlib.loads(body)
     except (ValueError, RecursionError):
         return body.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
     if isinstance(data, dict) and isinstance(data.get("error"), str):

@@ -49,6 +49,9 @@ from watchdog.trace.records import Canary, ServerPoll
 STALLED = "stalled"
 MAX_STREAM_BYTES = 1024 * 1024
 MAX_STREAM_LINE = 256 * 1024
+MAX_TOKENS_TAIL_S = 2.0
+"""After ``max_tokens`` tokens, how long the end of the answer (usage, timings, [DONE]) may take
+before reading stops anyway; a token beyond ``max_tokens`` stops it at once."""
 REJECTED_FOR_S = 600.0
 """A model whose canary the server rejects (HTTP 4xx: an embedding model, a typo in
 canary.models) gets no canary for this long, so one bad model does not flood the trace."""
@@ -144,6 +147,7 @@ class _Progress:
     server_rate: float | None = None
     max_tokens: int | None = None
     cut: str | None = None  # why reading stopped before the server ended the answer
+    reached: float | None = None  # when max_tokens tokens had come
 
 
 class _Fail(Exception):
@@ -260,10 +264,15 @@ async def _stream(
                 else:
                     stall_at = (progress.last or progress.first) + deadlines.stall
                     deadline, phase = min(stall_at, total_at), STALLED if stall_at <= total_at else "total"
+                    if progress.reached is not None and progress.reached + MAX_TOKENS_TAIL_S < deadline:
+                        deadline, phase = progress.reached + MAX_TOKENS_TAIL_S, "tail"
                 try:
                     async with asyncio.timeout_at(deadline + offset):
                         chunk = await chunks.__anext__()
                 except TimeoutError:
+                    if phase == "tail":
+                        progress.done, progress.cut = True, "max_tokens"  # all asked for came; the end did not
+                        return
                     raise expired(phase) from None
                 except StopAsyncIteration:
                     for line in splitter.flush():
@@ -310,9 +319,14 @@ def _take_line(
             progress.first = now
         progress.last = now
         progress.tokens += step.tokens
-        if progress.max_tokens is not None and progress.tokens >= progress.max_tokens and not step.done:
-            progress.done = True  # enough: stop reading, the stream is closed on the way out
-            progress.cut = "max_tokens"
+        if progress.max_tokens is not None and not step.done:
+            if progress.tokens > progress.max_tokens:
+                # More than asked for: a server that does not stop. Enough: stop reading (the
+                # stream is closed on the way out).
+                progress.done = True
+                progress.cut = "max_tokens"
+            elif progress.tokens == progress.max_tokens and progress.reached is None:
+                progress.reached = now  # the end of the answer (usage, timings) should follow
     if step.usage_tokens is not None:
         progress.usage = step.usage_tokens
     if step.server_tokens_per_s is not None:
