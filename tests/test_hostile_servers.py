@@ -93,6 +93,8 @@ async def test_a_broken_status_endpoint_is_an_error_and_never_ok(host: HostileHo
         await adapter.aclose()
     assert poll.state in ("error", "down"), (mode, kind, poll)
     assert poll.error, poll
+    # Named as the trace spec names failures, never an internal exception escaping the adapter.
+    assert "Error" not in poll.error or "RemoteProtocolError" in poll.error, poll.error
     # The request deadline holds whatever the server does (trickling, slow headers, endless bodies).
     assert took < REQUEST_TIMEOUT + 3.0, (mode, kind, took)
     assert status_of(kind, [poll], clock()) == "unknown"

@@ -29,8 +29,8 @@ from watchdog.incidents import Incidents
 from watchdog.listener import Component, ListenerFactory
 from watchdog.metrics.service import make_metrics
 from watchdog.notify.listener import make_notifier
-from watchdog.probes.known_models import KnownModels
 from watchdog.probes.base import Clock, Emit, MonotonicClock
+from watchdog.probes.known_models import KnownModels
 from watchdog.probes.suite import ProbeSuite
 from watchdog.redact import Redactor
 from watchdog.status import LatestRecords

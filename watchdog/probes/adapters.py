@@ -24,7 +24,6 @@ import httpx
 from watchdog.config.model import TargetSettings
 from watchdog.config.secrets import SecretError, SecretValue
 from watchdog.probes.base import Clock
-from watchdog.probes.known_models import KnownModels
 from watchdog.probes.http import (
     BAD_RESPONSE,
     DEFAULT_MAX_BODY,
@@ -33,6 +32,7 @@ from watchdog.probes.http import (
     make_client,
     parse_json,
 )
+from watchdog.probes.known_models import KnownModels
 from watchdog.trace.records import ServerPoll
 
 StreamFormat = Literal["ndjson", "sse"]

@@ -206,7 +206,7 @@ async def fetch(
                         await slot.take()
                 status = response.status_code
             data = bytes(body)
-            del body
+            body = bytearray()
             ok = 200 <= status < 300 or status in ok_statuses
             if ok and parse is not None:
                 return status, parse(data)
@@ -222,7 +222,7 @@ async def fetch(
         # A fresh exception, raised from here with the buffers dropped: the one caught carries a
         # traceback whose frames hold the body read so far (up to the cap), and an exception kept
         # for a while (asyncio.gather's results, a reference cycle) would keep that alive.
-        del body, chunk
+        body, chunk = bytearray(), b""  # noqa: F841 - dropped, not used
         raise failure
     if ok:
         return status, data

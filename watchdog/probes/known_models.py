@@ -35,7 +35,7 @@ class KnownModels:
             self._models = self._read(path)
 
     @classmethod
-    def in_state_dir(cls, state_dir: str) -> "KnownModels":
+    def in_state_dir(cls, state_dir: str) -> KnownModels:
         return cls(Path(state_dir) / FILE_NAME)
 
     def get(self, target: str) -> list[str]:
