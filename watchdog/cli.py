@@ -82,17 +82,28 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("file", required=False)
+@click.option("--strict", is_flag=True, help="Treat warnings (a secret that cannot be read now) as errors.")
 @pass_ctx
-def config_check(obj: Context, file: str | None) -> None:
+def config_check(obj: Context, file: str | None, strict: bool) -> None:
     """Validate FILE (default: the global --config) and print a summary.
 
     Exits 0 when valid; otherwise lists every problem with its key path and exits 2.
+    An env:/file: secret that cannot be read here is a warning (an error with --strict).
     """
     path = file or obj.config_path
     config = obj.load(path)
+    from watchdog.config.check import secret_problems
     from watchdog.config.summary import describe_config
 
-    click.echo(f"{path}: OK")
+    warnings = secret_problems(config)
+    if warnings and strict:
+        click.echo(f"error: {len(warnings)} secret(s) cannot be read (--strict):", err=True)
+        for problem in warnings:
+            click.echo(f"{path}: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+    for problem in warnings:
+        click.echo(f"warning: {path}: {problem}", err=True)
+    click.echo(f"{path}: OK" + (f" ({len(warnings)} warning(s))" if warnings else ""))
     for line in describe_config(config):
         click.echo(f"  {line}")
 
@@ -139,10 +150,16 @@ def replay_command(obj: Context, trace: str, replay_config: str | None, explain:
 
         try:
             expectation = json.loads(Path(expect_file).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            click.echo(f"error: cannot read the expectation file {expect_file}: {exc}", err=True)
+        except (OSError, ValueError, RecursionError) as exc:
+            click.echo(f"error: cannot read the expectation file {expect_file}: {type(exc).__name__}: "
+                       f"{str(exc)[:200]}", err=True)
             sys.exit(EXIT_USAGE)
-        report = check_expectations(result.findings, expectation)
+        try:
+            report = check_expectations(result.findings, expectation)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            click.echo(f"error: {expect_file} is not an expectation file (docs/trace-v1.md, \"Expectation "
+                       f"files\"): {type(exc).__name__}: {str(exc)[:200]}", err=True)
+            sys.exit(EXIT_USAGE)
         click.echo(f"expectations: {report}", err=True)
         if not report.ok:
             sys.exit(EXIT_FAILURE)
