@@ -5,11 +5,20 @@ its jobs (status poll, canary tick, log follower), so a reload adds, removes or
 replaces the workers of the targets that changed and leaves the others running.
 APScheduler runs the periodic jobs (no overlapping runs, missed runs
 coalesced); every job has a deadline and never raises into the scheduler.
+
+:class:`JobTimings` measures how late each periodic job starts against its plan
+(lag) and how many planned runs never happened (skipped: coalesced, or the
+previous run still going); a summary is logged every minute and at stop
+(``scheduler: ... lag p99 ...``), which ``scripts/bench_scale.py`` reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -25,6 +34,80 @@ CANARY_TICK_S = 1.0
 HOUSEKEEPING_S = 5.0
 
 Job = Callable[[], Awaitable[Any]]
+SUMMARY_EVERY_S = 60.0
+
+
+class JobTimings:
+    """Lag (actual minus planned start) of every periodic job run, and planned runs skipped.
+
+    Cheap on purpose: one monotonic read and a counter bump per run; lags are kept as a
+    histogram in whole milliseconds, so memory stays flat however long the daemon runs.
+    The plan of a job is its first run plus whole multiples of its interval (APScheduler's
+    interval trigger)."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.monotonic = monotonic
+        self.histogram: Counter[int] = Counter()
+        self.runs = 0
+        self.skipped = 0
+        self.skipped_by_job: Counter[str] = Counter()
+        self.worst: tuple[float, str] = (0.0, "")
+        self._plans: dict[str, tuple[float, float]] = {}  # name -> (next planned start, interval)
+        self._last_summary = monotonic()
+
+    def plan(self, name: str, first: float, interval: float) -> None:
+        self._plans[name] = (first, interval)
+
+    def forget(self, name: str) -> None:
+        self._plans.pop(name, None)
+
+    def started(self, name: str) -> float | None:
+        """Note a run of ``name`` starting now; returns its lag in seconds (None if unplanned)."""
+        plan = self._plans.get(name)
+        if plan is None:
+            return None
+        now = self.monotonic()
+        planned, interval = plan
+        lag = now - planned
+        missed = max(0, math.floor(lag / interval)) if interval > 0 else 0
+        if missed:  # the run for a later slot: the slots in between were skipped
+            self.skipped += missed
+            self.skipped_by_job[name] += missed
+            lag -= missed * interval
+        lag = max(lag, 0.0)  # a wall-clock scheduler may fire a hair early on the monotonic clock
+        self._plans[name] = (planned + (missed + 1) * interval, interval)
+        self.runs += 1
+        self.histogram[int(lag * 1000)] += 1
+        if lag > self.worst[0]:
+            self.worst = (lag, name)
+        return lag
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile lag in seconds (resolution 1 ms); 0 when nothing ran."""
+        if not self.runs:
+            return 0.0
+        rank = max(1, math.ceil(q / 100 * self.runs))
+        seen = 0
+        for ms in sorted(self.histogram):
+            seen += self.histogram[ms]
+            if seen >= rank:
+                return ms / 1000
+        return max(self.histogram) / 1000
+
+    def summary(self) -> dict[str, Any]:
+        return {"runs": self.runs, "skipped": self.skipped, "lag_p50_ms": round(1000 * self.percentile(50)),
+                "lag_p99_ms": round(1000 * self.percentile(99)), "lag_max_ms": round(1000 * self.worst[0]),
+                "worst_job": self.worst[1], "skipped_by_job": dict(self.skipped_by_job)}
+
+    def log_if_due(self, force: bool = False) -> None:
+        now = self.monotonic()
+        if not force and now - self._last_summary < SUMMARY_EVERY_S:
+            return
+        self._last_summary = now
+        s = self.summary()
+        _log.bind(scheduler=json.dumps(s)).info(
+            f"scheduler: {s['runs']} runs, lag p50 {s['lag_p50_ms']} ms p99 {s['lag_p99_ms']} ms "
+            f"max {s['lag_max_ms']} ms ({s['worst_job'] or '-'}), {s['skipped']} skipped (since start)")
 
 
 class Scheduler:
@@ -39,6 +122,7 @@ class Scheduler:
         self.workers: dict[str, TargetWorker] = {}
         self._scheduler: AsyncIOScheduler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.timings = JobTimings()
 
     @property
     def running(self) -> bool:
@@ -59,6 +143,7 @@ class Scheduler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.timings.log_if_due(force=True)
 
     # --- jobs ---------------------------------------------------------------------------------
 
@@ -66,16 +151,31 @@ class Scheduler:
         """Run ``job`` every ``seconds`` (the first run at once if ``now``); replaces a job of that name."""
         assert self._scheduler is not None, "start() first"
         first = {"next_run_time": datetime.now(timezone.utc)} if now else {}  # (None would pause it)
-        self._scheduler.add_job(self.guarded(name, job, deadline), "interval", seconds=max(seconds, 0.1), id=name,
-                                name=name, replace_existing=True, **first)
+        seconds = max(seconds, 0.1)
+        self.timings.plan(name, self.timings.monotonic() + (0.0 if now else seconds), seconds)
+        self._scheduler.add_job(self._timed(name, self.guarded(name, job, deadline)), "interval", seconds=seconds,
+                                id=name, name=name, replace_existing=True, **first)
 
     def tick(self, name: str, seconds: float, job: Job) -> None:
         """A light job that decides whether to start work (no deadline, no progress mark)."""
         assert self._scheduler is not None, "start() first"
-        self._scheduler.add_job(job, "interval", seconds=seconds, id=name, name=name,
+        self.timings.plan(name, self.timings.monotonic(), seconds)
+        self._scheduler.add_job(self._timed(name, job), "interval", seconds=seconds, id=name, name=name,
                                 next_run_time=datetime.now(timezone.utc), replace_existing=True)
 
+    def _timed(self, name: str, job: Job) -> Job:
+        """``job``, with its start measured against the plan (see :class:`JobTimings`)."""
+        timings = self.timings
+
+        async def run() -> Any:
+            timings.started(name)
+            timings.log_if_due()
+            return await job()
+
+        return run
+
     def cancel(self, name: str) -> None:
+        self.timings.forget(name)
         if self._scheduler is not None and self._scheduler.get_job(name) is not None:
             self._scheduler.remove_job(name)
 

@@ -98,8 +98,9 @@ class ProcessProbe:
     def _look_all(self) -> list[ProcessSample]:
         samples = []
         alive: set[tuple[int, float]] = set()
+        table = _ProcessTable()  # one pass over /proc per round, shared by every target
         for name in self.targets:
-            sample = self._look(name, alive)
+            sample = self._look(name, alive, table)
             if sample is not None:
                 samples.append(sample)
         for key in list(self._procs):
@@ -107,7 +108,7 @@ class ProcessProbe:
                 del self._procs[key]
         return samples
 
-    def _look(self, name: str, alive: set[tuple[int, float]]) -> ProcessSample | None:
+    def _look(self, name: str, alive: set[tuple[int, float]], table: _ProcessTable) -> ProcessSample | None:
         located = self.attributor.locate(name)
         self.located[name] = located
         t = self.clock()
@@ -124,15 +125,15 @@ class ProcessProbe:
         pid = located.pid
         self._last_pid[name] = pid
         try:
-            main, new = self._process(pid, alive)
+            main, new = self._process(pid, alive, table.create_time(pid))
             with main.oneshot():
                 status = map_status(main.status())
                 rss = main.memory_info().rss
                 cpu = main.cpu_percent(None)
             tree_rss, tree_cpu = rss, cpu
-            for child in main.children(recursive=True):
+            for child in table.descendants(pid):
                 try:
-                    proc, _ = self._process(child.pid, alive)
+                    proc, _ = self._process(child, alive, table.create_time(child))
                     tree_rss += proc.memory_info().rss
                     tree_cpu += proc.cpu_percent(None)  # 0.0 on a child's first look
                 except psutil.Error:
@@ -155,15 +156,64 @@ class ProcessProbe:
             extra=extra,
         )
 
-    def _process(self, pid: int, alive: set[tuple[int, float]]) -> tuple[psutil.Process, bool]:
+    def _process(self, pid: int, alive: set[tuple[int, float]],
+                 create_time: float | None = None) -> tuple[psutil.Process, bool]:
         """The cached psutil.Process, and whether it is new (CPU percent compares with the
-        previous call on the same object, so a new one has no figure yet)."""
-        proc = psutil.Process(pid)
-        key = (pid, proc.create_time())
+        previous call on the same object, so a new one has no figure yet). With the pid's
+        ``create_time`` from this round's table, a known process costs no /proc read here."""
+        proc = None
+        if create_time is None:
+            proc = psutil.Process(pid)
+            create_time = proc.create_time()
+        key = (pid, create_time)
         alive.add(key)
         cached = self._procs.get(key)
         if cached is not None:
             return cached, False
+        proc = proc or psutil.Process(pid)
+        if proc.create_time() != create_time:  # the pid was reused since the table was read
+            raise psutil.NoSuchProcess(pid)
         self._procs[key] = proc
         proc.cpu_percent(None)
         return proc, True
+
+
+class _ProcessTable:
+    """Parent and start time of every process, read once per round on first use.
+
+    ``Process.children(recursive=True)`` reads every process's parent from /proc on each
+    call: once per target per round before (issue 15). psutil caches a process's start
+    time, so after the first round only the parent is read per process."""
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[int, float | None]] | None = None
+        self._kids: dict[int, list[int]] = {}
+
+    def _load(self) -> dict[int, tuple[int, float | None]]:
+        if self._rows is None:
+            rows: dict[int, tuple[int, float | None]] = {}
+            for proc in psutil.process_iter(["ppid", "create_time"]):
+                info = proc.info
+                if info.get("ppid") is None:
+                    continue
+                rows[proc.pid] = (info["ppid"], info.get("create_time"))
+                self._kids.setdefault(info["ppid"], []).append(proc.pid)
+            self._rows = rows
+        return self._rows
+
+    def create_time(self, pid: int) -> float | None:
+        row = self._load().get(pid)
+        return row[1] if row is not None else None
+
+    def descendants(self, pid: int) -> list[int]:
+        """Every process below ``pid``, as of this round's table."""
+        self._load()
+        found, todo, seen = [], list(self._kids.get(pid, [])), {pid}
+        while todo:
+            child = todo.pop()
+            if child in seen:
+                continue
+            seen.add(child)
+            found.append(child)
+            todo.extend(self._kids.get(child, []))
+        return found
