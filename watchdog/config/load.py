@@ -18,9 +18,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from watchdog.config.model import Config
+from watchdog.config.paths import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: F401 - re-exported
 
-DEFAULT_CONFIG_PATH = "/etc/inference-watchdog/watchdog.toml"
-CONFIG_ENV = "INFERENCE_WATCHDOG_CONFIG"
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 
 
