@@ -9,6 +9,9 @@ process, so the first sample of a process has none.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +101,7 @@ class ProcessProbe:
     def _look_all(self) -> list[ProcessSample]:
         samples = []
         alive: set[tuple[int, float]] = set()
-        table = _ProcessTable()  # one pass over /proc per round, shared by every target
+        table = _ProcessTable()  # children from the kernel's lists, or one scan shared by all targets
         for name in self.targets:
             sample = self._look(name, alive, table)
             if sample is not None:
@@ -125,7 +128,7 @@ class ProcessProbe:
         pid = located.pid
         self._last_pid[name] = pid
         try:
-            main, new = self._process(pid, alive, table.create_time(pid))
+            main, new = self._process(pid, alive)
             with main.oneshot():
                 status = map_status(main.status())
                 rss = main.memory_info().rss
@@ -133,7 +136,7 @@ class ProcessProbe:
             tree_rss, tree_cpu = rss, cpu
             for child in table.descendants(pid):
                 try:
-                    proc, _ = self._process(child, alive, table.create_time(child))
+                    proc, _ = self._process(child, alive)
                     tree_rss += proc.memory_info().rss
                     tree_cpu += proc.cpu_percent(None)  # 0.0 on a child's first look
                 except psutil.Error:
@@ -156,64 +159,70 @@ class ProcessProbe:
             extra=extra,
         )
 
-    def _process(self, pid: int, alive: set[tuple[int, float]],
-                 create_time: float | None = None) -> tuple[psutil.Process, bool]:
+    def _process(self, pid: int, alive: set[tuple[int, float]]) -> tuple[psutil.Process, bool]:
         """The cached psutil.Process, and whether it is new (CPU percent compares with the
-        previous call on the same object, so a new one has no figure yet). With the pid's
-        ``create_time`` from this round's table, a known process costs no /proc read here."""
-        proc = None
-        if create_time is None:
-            proc = psutil.Process(pid)
-            create_time = proc.create_time()
-        key = (pid, create_time)
+        previous call on the same object, so a new one has no figure yet)."""
+        proc = psutil.Process(pid)
+        key = (pid, proc.create_time())
         alive.add(key)
         cached = self._procs.get(key)
         if cached is not None:
             return cached, False
-        proc = proc or psutil.Process(pid)
-        if proc.create_time() != create_time:  # the pid was reused since the table was read
-            raise psutil.NoSuchProcess(pid)
         self._procs[key] = proc
         proc.cpu_percent(None)
         return proc, True
 
 
-class _ProcessTable:
-    """Parent and start time of every process, read once per round on first use.
+@functools.cache
+def _children_files() -> bool:
+    """Whether the kernel lists each thread's children in /proc (CONFIG_PROC_CHILDREN)."""
+    return os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
 
-    ``Process.children(recursive=True)`` reads every process's parent from /proc on each
-    call: once per target per round before (issue 15). psutil caches a process's start
-    time, so after the first round only the parent is read per process."""
+
+class _ProcessTable:
+    """The descendants of the targets' processes, for one round.
+
+    ``Process.children(recursive=True)`` reads the parent of every process on the host, and
+    did so once per target per round (issue 15). Here a tree is walked from the kernel's own
+    lists of children (/proc/PID/task/TID/children): reads proportional to the tree, not to
+    the host. Where the kernel has no such lists, every process is read once per round, and
+    shared by all targets."""
 
     def __init__(self) -> None:
-        self._rows: dict[int, tuple[int, float | None]] | None = None
-        self._kids: dict[int, list[int]] = {}
+        self._kids: dict[int, list[int]] | None = None if _children_files() else self._scan()
 
-    def _load(self) -> dict[int, tuple[int, float | None]]:
-        if self._rows is None:
-            rows: dict[int, tuple[int, float | None]] = {}
-            for proc in psutil.process_iter(["ppid", "create_time"]):
-                info = proc.info
-                if info.get("ppid") is None:
-                    continue
-                rows[proc.pid] = (info["ppid"], info.get("create_time"))
-                self._kids.setdefault(info["ppid"], []).append(proc.pid)
-            self._rows = rows
-        return self._rows
+    @staticmethod
+    def _scan() -> dict[int, list[int]]:
+        kids: dict[int, list[int]] = {}
+        for proc in psutil.process_iter(["ppid"]):
+            ppid = proc.info.get("ppid")
+            if ppid is not None:
+                kids.setdefault(ppid, []).append(proc.pid)
+        return kids
 
-    def create_time(self, pid: int) -> float | None:
-        row = self._load().get(pid)
-        return row[1] if row is not None else None
+    def children(self, pid: int) -> list[int]:
+        if self._kids is not None:
+            return self._kids.get(pid, [])
+        kids: list[int] = []
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    kids.extend(int(k) for k in fh.read().split())
+            except (OSError, ValueError):
+                continue  # the thread ended meanwhile
+        return kids
 
     def descendants(self, pid: int) -> list[int]:
-        """Every process below ``pid``, as of this round's table."""
-        self._load()
-        found, todo, seen = [], list(self._kids.get(pid, [])), {pid}
+        """Every process below ``pid`` now."""
+        found, todo, seen = [], [pid], {pid}
         while todo:
-            child = todo.pop()
-            if child in seen:
-                continue
-            seen.add(child)
-            found.append(child)
-            todo.extend(self._kids.get(child, []))
+            for child in self.children(todo.pop()):
+                if child not in seen:
+                    seen.add(child)
+                    found.append(child)
+                    todo.append(child)
         return found
