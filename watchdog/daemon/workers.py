@@ -20,7 +20,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -31,6 +31,7 @@ from watchdog.probes.suite import ProbeSuite, TargetProbes
 
 _log = logger.bind(component="daemon")
 CANARY_TICK_S = 1.0
+CANARY_TICKS = "canary-ticks"
 HOUSEKEEPING_S = 5.0
 
 Job = Callable[[], Awaitable[Any]]
@@ -150,7 +151,7 @@ class Scheduler:
     def every(self, name: str, seconds: float, job: Job, deadline: float, *, now: bool = True) -> None:
         """Run ``job`` every ``seconds`` (the first run at once if ``now``); replaces a job of that name."""
         assert self._scheduler is not None, "start() first"
-        first = {"next_run_time": datetime.now(timezone.utc)} if now else {}  # (None would pause it)
+        first = {"next_run_time": datetime.now(UTC)} if now else {}  # (None would pause it)
         seconds = max(seconds, 0.1)
         self.timings.plan(name, self.timings.monotonic() + (0.0 if now else seconds), seconds)
         self._scheduler.add_job(self._timed(name, self.guarded(name, job, deadline)), "interval", seconds=seconds,
@@ -161,7 +162,7 @@ class Scheduler:
         assert self._scheduler is not None, "start() first"
         self.timings.plan(name, self.timings.monotonic(), seconds)
         self._scheduler.add_job(self._timed(name, job), "interval", seconds=seconds, id=name, name=name,
-                                next_run_time=datetime.now(timezone.utc), replace_existing=True)
+                                next_run_time=datetime.now(UTC), replace_existing=True)
 
     def _timed(self, name: str, job: Job) -> Job:
         """``job``, with its start measured against the plan (see :class:`JobTimings`)."""
@@ -193,7 +194,7 @@ class Scheduler:
         async def run() -> None:
             try:
                 await asyncio.wait_for(job(), timeout=deadline)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _log.warning(f"job {name} overran its {deadline:.0f} s deadline; cancelled")
             except Exception as exc:  # noqa: BLE001 - a probe bug must not stop the schedule
                 _log.opt(exception=exc).error(f"job {name} failed: {exc!r}")
@@ -240,6 +241,21 @@ class Scheduler:
         worker = self.workers.pop(name, None)
         if worker is not None:
             await worker.stop_and_wait()
+        if not self.workers:
+            self.cancel(CANARY_TICKS)
+
+    def ensure_canary_ticks(self) -> None:
+        """One job ticks every worker's canary each second: a job per target cost 32 scheduler
+        runs a second at 32 targets, and all fired at the same instant anyway (issue 15)."""
+        if self._scheduler is not None and self._scheduler.get_job(CANARY_TICKS) is None:
+            self.tick(CANARY_TICKS, CANARY_TICK_S, self._canary_ticks)
+
+    async def _canary_ticks(self) -> None:
+        for worker in list(self.workers.values()):
+            try:
+                await worker.canary_tick()
+            except Exception as exc:  # noqa: BLE001 - one target's bug must not stop the others' canaries
+                _log.opt(exception=exc).error(f"canary tick for {worker.name} failed: {exc!r}")
 
 
 class TargetWorker:
@@ -257,14 +273,13 @@ class TargetWorker:
         probes = self.probes
         self.scheduler.every(self.poll_job, self.poll_interval, probes.server.round,
                              probes.settings.request_timeout + 5)
-        self.scheduler.tick(f"canary-tick:{self.name}", CANARY_TICK_S, self._canary_tick)
+        self.scheduler.ensure_canary_ticks()
         if probes.logs is not None:
             self._tasks.append(self.scheduler.spawn(self._follow_logs(), f"logs:{self.name}"))
 
     def stop(self) -> list[asyncio.Task[Any]]:
         """Cancel the jobs and tasks; returns the tasks to await."""
         self.scheduler.cancel(self.poll_job)
-        self.scheduler.cancel(f"canary-tick:{self.name}")
         for task in self._tasks:
             task.cancel()
         tasks, self._tasks = self._tasks, []
@@ -273,7 +288,7 @@ class TargetWorker:
     async def stop_and_wait(self) -> None:
         await asyncio.gather(*self.stop(), return_exceptions=True)
 
-    async def _canary_tick(self) -> None:
+    async def canary_tick(self) -> None:
         """Every second: decide once whether a canary is due, and if so send it as its own task."""
         canary = self.probes.canary
         decision = canary.decide()
