@@ -20,7 +20,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -32,6 +32,7 @@ from watchdog.probes.suite import ProbeSuite, TargetProbes
 _log = logger.bind(component="daemon")
 CANARY_TICK_S = 1.0
 CANARY_TICKS = "canary-ticks"
+STAGGER_S = 2.0
 HOUSEKEEPING_S = 5.0
 
 Job = Callable[[], Awaitable[Any]]
@@ -148,12 +149,14 @@ class Scheduler:
 
     # --- jobs ---------------------------------------------------------------------------------
 
-    def every(self, name: str, seconds: float, job: Job, deadline: float, *, now: bool = True) -> None:
-        """Run ``job`` every ``seconds`` (the first run at once if ``now``); replaces a job of that name."""
+    def every(self, name: str, seconds: float, job: Job, deadline: float, *, now: bool = True,
+              delay: float = 0.0) -> None:
+        """Run ``job`` every ``seconds`` (the first run at once if ``now``, or ``delay`` seconds from
+        now); replaces a job of that name."""
         assert self._scheduler is not None, "start() first"
-        first = {"next_run_time": datetime.now(UTC)} if now else {}  # (None would pause it)
+        first = {"next_run_time": datetime.now(UTC) + timedelta(seconds=delay)} if now else {}  # (None pauses)
         seconds = max(seconds, 0.1)
-        self.timings.plan(name, self.timings.monotonic() + (0.0 if now else seconds), seconds)
+        self.timings.plan(name, self.timings.monotonic() + (delay if now else seconds), seconds)
         self._scheduler.add_job(self._timed(name, self.guarded(name, job, deadline)), "interval", seconds=seconds,
                                 id=name, name=name, replace_existing=True, **first)
 
@@ -229,12 +232,14 @@ class Scheduler:
         for name in list(self.workers):
             if suite.targets.get(name) is not self.workers[name].probes:
                 await self.remove_worker(name)
-        for name, probes in suite.targets.items():
-            if name not in self.workers:
-                worker = TargetWorker(name, probes, config, self)
-                worker.start()
-                self.workers[name] = worker
-                started.append(worker.poll_job)
+        new = [name for name in suite.targets if name not in self.workers]
+        for k, name in enumerate(new):
+            # Spread the new workers' first polls (and so every later one) over STAGGER_S:
+            # 32 polls due in the same instant made the last one start 130 ms late.
+            worker = TargetWorker(name, suite.targets[name], config, self, delay=STAGGER_S * k / len(new))
+            worker.start()
+            self.workers[name] = worker
+            started.append(worker.poll_job)
         return started
 
     async def remove_worker(self, name: str) -> None:
@@ -261,8 +266,10 @@ class Scheduler:
 class TargetWorker:
     """The jobs of one target: its status poll, its canary tick and its log follower."""
 
-    def __init__(self, name: str, probes: TargetProbes, config: Config, scheduler: Scheduler) -> None:
+    def __init__(self, name: str, probes: TargetProbes, config: Config, scheduler: Scheduler,
+                 delay: float = 0.0) -> None:
         self.name = name
+        self.delay = min(delay, config.intervals_for(probes.settings)["poll"])
         self.probes = probes
         self.poll_interval = config.intervals_for(probes.settings)["poll"]
         self.scheduler = scheduler
@@ -272,7 +279,7 @@ class TargetWorker:
     def start(self) -> None:
         probes = self.probes
         self.scheduler.every(self.poll_job, self.poll_interval, probes.server.round,
-                             probes.settings.request_timeout + 5)
+                             probes.settings.request_timeout + 5, delay=self.delay)
         self.scheduler.ensure_canary_ticks()
         if probes.logs is not None:
             self._tasks.append(self.scheduler.spawn(self._follow_logs(), f"logs:{self.name}"))

@@ -165,6 +165,7 @@ class SimNvml:
         self._initialised = 0
         self._known: dict[int, _Device] = {}
         self._cache: tuple[float, dict[int, _Device], bool] | None = None
+        self._parsed: dict[str, tuple[tuple[int, int, int], int, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
@@ -406,9 +407,41 @@ class SimNvml:
             now = time.monotonic()
             if not force and self._cache and now - self._cache[0] < self.cache_s:
                 return self._cache[1], self._cache[2]
-            devices, mismatch = self._merge(read_state_files(self.state_dir))
+            devices, mismatch = self._merge(self._state_files())
             self._cache = (now, devices, mismatch)
             return devices, mismatch
+
+    def _state_files(self) -> list[tuple[str, dict[str, Any]]]:
+        """As :func:`read_state_files`, parsing only the files written since the last look (a stat
+        each otherwise): with 32 simulated servers, re-parsing every file for every sampling
+        round made the simulated NVML miss the GPU probe's one-second deadline (issue 15)."""
+        result = []
+        try:
+            entries = sorted(os.scandir(self.state_dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        parsed: dict[str, tuple[tuple[int, int, int], int, dict[str, Any]]] = {}
+        for entry in entries:
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            known = self._parsed.get(entry.name)
+            if known is None or known[0] != stamp:
+                try:
+                    with open(entry.path, encoding="utf-8") as fh:
+                        data = json.load(fh)
+                    known = (stamp, int(data["writer_pid"]), data)
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue  # half-written by a foreign tool, or not ours: ignore
+            parsed[entry.name] = known
+            if pid_alive(known[1]):
+                result.append((f"{entry.name}:{known[1]}", known[2]))
+        self._parsed = parsed
+        return result
 
     def _merge(self, files: list[tuple[str, dict[str, Any]]]) -> tuple[dict[int, _Device], bool]:
         now = time.time()
