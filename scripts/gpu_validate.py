@@ -18,6 +18,12 @@ report: device, driver, NVML version, per-call NVML timings, what was
 detected when.
 
     python scripts/gpu_validate.py --out DIR
+
+Modes beside this one (``--mode``), with the real daemon in front of real
+servers (scripts/gpu_daemon_modes.py): ``llamacpp`` (llama.cpp's server with
+CUDA on one GPU), ``split`` (the same server split over two GPUs) and ``nccl``
+(two torch ranks joined by NCCL, a long prefill and a stuck collective).
+scripts/gpu_device.sh runs them on a GPU host.
 """
 
 from __future__ import annotations
@@ -485,12 +491,67 @@ interval = "5s"
     return 0 if report.ok else 1
 
 
+def device_modes(args: argparse.Namespace) -> int:
+    """The modes with the real daemon: llamacpp, split, nccl (see scripts/gpu_daemon_modes.py)."""
+    import gpu_daemon_modes as modes
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work)
+    if args.dry_run:
+        info: dict[str, Any] = {"device": "none (dry run)", "driver": "-", "count": 0}
+    else:
+        info = nvml_report()
+        (out / "nvml.json").write_text(json.dumps(info, indent=1))
+    source = f"recorded live by the daemon (scripts/gpu_validate.py --mode {args.mode}) on " \
+             f"{info['count']}x {info['device']}, driver {info['driver']}"
+    print(f"device: {info['count']}x {info['device']}, driver {info['driver']}", flush=True)
+    try:
+        result = _device_mode(args, modes, out, work, source)
+    finally:
+        for cleanup in reversed(modes.CLEANUP):
+            try:
+                cleanup()
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+    print(result.get("markdown") or json.dumps(result, indent=1, default=str), flush=True)
+    return 0 if result.get("ok") else 1
+
+
+def _device_mode(args: argparse.Namespace, modes: Any, out: Path, work: Path, source: str) -> dict[str, Any]:
+    if args.mode == "llamacpp":
+        result = modes.run_llamacpp(out, work / "llamacpp", Path(args.llama_server), Path(args.model), source,
+                                    gpu_backend="none" if args.dry_run else "nvml",
+                                    ngl="0" if args.dry_run else "99")
+    elif args.mode == "split":
+        result = modes.run_split(out, work / "split", Path(args.llama_server), Path(args.model), source)
+    else:
+        result = modes.run_nccl(out, work / "nccl", source, device="cpu" if args.dry_run else "cuda",
+                                prefill_s=args.prefill_s, busy_stall_after=args.busy_stall_after,
+                                expect_within=args.expect_within or None)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("toy", "llamacpp", "split", "nccl"), default="toy")
     parser.add_argument("--out", default="gpu-validation-out")
-    parser.add_argument("--dry-run", action="store_true", help="no GPU: run the toy on the CPU, without NVML")
+    parser.add_argument("--work", default="/tmp/gpu-validate-work", help="state dirs, logs, sockets (modes "
+                        "with the daemon)")
+    parser.add_argument("--dry-run", action="store_true", help="no GPU: run on the CPU, without NVML")
     parser.add_argument("--toy-python", default=sys.executable, help="the interpreter with torch (default: this one)")
+    parser.add_argument("--llama-server", default="llama-server", help="llama-server built with CUDA")
+    parser.add_argument("--model", default="model.gguf", help="the GGUF to serve (scripts/gguf_random.py)")
+    parser.add_argument("--prefill-s", type=float, default=90.0, help="nccl: length of the long prefill")
+    parser.add_argument("--busy-stall-after", type=float, default=None,
+                        help="nccl: override the target's busy_stall_after (default: the daemon's)")
+    parser.add_argument("--expect-within", type=float, default=60.0,
+                        help="nccl: the stuck collective must raise a hang this soon (default 60 s, the "
+                        "engine-step rule); 0: expect it from the busy fallback instead")
     args = parser.parse_args()
+    if args.mode != "toy":
+        sys.path.insert(0, str(ROOT / "scripts"))
+        sys.exit(device_modes(args))
     sys.exit(asyncio.run(main_async(args)))
 
 

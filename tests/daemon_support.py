@@ -147,15 +147,12 @@ def write_config(path: Path, workdir: Path, targets: list[dict[str, Any]], *, gp
     ]
     for target in targets:
         lines.append("[[targets]]")
-        canary = target.pop("canary", {})
-        detect = target.pop("detect", {})
+        tables = {key: target.pop(key) for key in list(target) if isinstance(target[key], dict)}
         for key, value in target.items():
             lines.append(f"{key} = {json.dumps(value)}")
-        if canary:
-            lines.append("[targets.canary]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in canary.items()]
-        if detect:
-            lines.append("[targets.detect]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in detect.items()]
+        for name, table in tables.items():  # canary, detect, restart, ...
+            if table:
+                lines.append(f"[targets.{name}]")
+                lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     path.write_text("\n".join(lines) + "\n" + extra)
     return path

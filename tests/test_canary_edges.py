@@ -177,3 +177,31 @@ async def test_a_trickling_status_body_is_cut_at_the_request_deadline(serve: Any
 async def test_nothing_listening_is_refused() -> None:
     canary, _ = await run_canary("http://127.0.0.1:9")
     assert canary is not None and (canary.ok, canary.error, canary.ttft_s) == (False, "refused", None)
+
+
+async def test_llamacpp_canary_takes_the_rate_the_server_measured(serve: Any) -> None:
+    # A real llama-server sends a canary's 4 tokens about 2 ms apart: they often arrive in
+    # one read, and a rate timed on our side swings from hundreds to tens of thousands of
+    # tokens per second. Its last event carries the rate it measured itself.
+    final = (b'data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],'
+             b'"timings":{"predicted_n":4,"predicted_ms":24.0,"predicted_per_second":166.5}}\n\n')
+
+    async def burst(response: web.StreamResponse) -> None:
+        await response.write(chunk("a") + chunk("b") + chunk("c") + chunk("d") + final + b"data: [DONE]\n\n")
+
+    url = await serve({"POST /v1/chat/completions": sse(burst)})
+    canary, _ = await run_canary(url, kind="llamacpp")
+    assert canary is not None and canary.ok, canary
+    assert canary.tokens == 4 and canary.tokens_per_s == 166.5
+
+    # Without timings (another OpenAI-compatible server) the rate is our own measure again.
+    async def plain(response: web.StreamResponse) -> None:
+        for text in "abcd":
+            await response.write(chunk(text))
+            await asyncio.sleep(0.05)
+        await response.write(b"data: [DONE]\n\n")
+
+    url = await serve({"POST /v1/chat/completions": sse(plain)})
+    canary, _ = await run_canary(url, kind="llamacpp")
+    assert canary is not None and canary.ok and canary.tokens == 4, canary
+    assert canary.tokens_per_s is not None and canary.tokens_per_s != 166.5

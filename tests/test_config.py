@@ -16,9 +16,13 @@ from watchdog.config import ConfigError, load_config, parse_config
 from watchdog.config.durations import format_duration, parse_duration
 from watchdog.config.model import (
     CanarySettings,
+    CloudWatchSettings,
     Config,
     DetectSettings,
+    EmfSettings,
+    MetricsSettings,
     PolicySettings,
+    PrometheusSettings,
     RestartSettings,
     TargetSettings,
     WatchdogSettings,
@@ -60,6 +64,10 @@ def test_example_documents_every_key() -> None:
         (raw["policy"], PolicySettings, "policy"),
         (target["canary"], CanarySettings, "targets.canary"),
         (target["restart"], RestartSettings, "targets.restart"),
+        (raw["metrics"], MetricsSettings, "metrics"),
+        (raw["metrics"]["prometheus"], PrometheusSettings, "metrics.prometheus"),
+        (raw["metrics"]["cloudwatch"], CloudWatchSettings, "metrics.cloudwatch"),
+        (raw["metrics"]["emf"], EmfSettings, "metrics.emf"),
     ]
     example_text = EXAMPLE.read_text()
     for table, model, where in sections:
@@ -79,6 +87,7 @@ def test_example_values_are_the_defaults() -> None:
     assert config.policy == PolicySettings()
     assert config.targets[0].canary == CanarySettings()
     assert config.targets[0].restart == RestartSettings()
+    assert config.metrics == MetricsSettings()
     assert raw["targets"][0]["request_timeout"] == "5s"
 
 

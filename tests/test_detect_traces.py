@@ -1,7 +1,9 @@
 """Every trace with an expectation file: replay raises what it expects, when, and nothing else.
 
 Traces dropped into ../shared/traces (or tests/traces) with a NAME.expect.json
-beside them are picked up automatically.
+beside them are picked up automatically. A NAME.config.toml beside a trace
+gives the thresholds it was recorded with (a live run that lowered one); the
+replay uses them, as ``watchdogctl replay --config`` would.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from click.testing import CliRunner
 from tests.paths import all_trace_files
 from watchdog.cli import cli
 from watchdog.commands.replay import check_expectations, replay_file
+from watchdog.config import parse_config
+from watchdog.config.model import Config
 
 TRACES = [p for p in all_trace_files() if p.with_name(p.name.replace(".trace.jsonl", ".expect.json")).exists()]
 
@@ -23,13 +27,19 @@ def expectation(path: Path) -> dict:
     return json.loads(path.with_name(path.name.replace(".trace.jsonl", ".expect.json")).read_text())
 
 
+def recorded_config(path: Path) -> Config | None:
+    """The config a trace was recorded with, if one lies beside it."""
+    config = path.with_name(path.name.replace(".trace.jsonl", ".config.toml"))
+    return parse_config(config.read_text()) if config.exists() else None
+
+
 def test_there_are_traces_to_check() -> None:
     assert len(TRACES) >= 7
 
 
 @pytest.mark.parametrize("path", TRACES, ids=lambda p: p.name.removesuffix(".trace.jsonl"))
 def test_replay_meets_expectations(path: Path) -> None:
-    result = replay_file(path)
+    result = replay_file(path, recorded_config(path))
     assert result.problems == []
     report = check_expectations(result.findings, expectation(path))
     assert report.ok, f"{path.name}:\n{report}"

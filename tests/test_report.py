@@ -76,3 +76,21 @@ def test_report_since_leaves_older_incidents_out_and_renders_a_table(tmp_path):
 def test_report_on_a_missing_state_dir_says_so(tmp_path):
     result = CliRunner().invoke(cli, ["report", "--state-dir", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "no state database" in result.output
+
+
+def test_a_hang_raised_again_after_a_daemon_restart_is_one_hang(tmp_path):
+    wall = time.time() - 600.0
+    manager = IncidentManager(tmp_path, wall_start=wall)
+    manager.start(0.0)
+    manager.handle([Finding(10.0, "ollama", "hang", "raised", "no token", {"model": "qwen3:14b"})])
+    manager.stop()  # the daemon dies mid-hang; the next one raises it again in the same incident
+    again = IncidentManager(tmp_path, wall_start=wall + 60.0)
+    again.start(0.0)
+    again.handle([Finding(30.0, "ollama", "hang", "raised", "still no token", {"model": "qwen3:14b"})])
+    again.note("ollama", "would restart", 31.0, {"action": "restart", "result": "would"})
+    again.stop()
+    result = CliRunner().invoke(cli, ["report", "--state-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    row = {(r["target"], r["model"]): r for r in json.loads(result.output)["rows"]}[("ollama", "qwen3:14b")]
+    assert row["hangs"] == 1
+    assert row["restarts"] == 0  # a dry-run's "would" is no restart

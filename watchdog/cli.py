@@ -468,6 +468,45 @@ def run_command(obj: Context) -> None:
     sys.exit(code)
 
 
+@cli.group("cloudwatch")
+def cloudwatch_group() -> None:
+    """CloudWatch dashboards and alarms for the watchdog's metrics (needs the [cloudwatch] extra)."""
+
+
+@cloudwatch_group.command("dashboard")
+@click.option("--host", "hosts", multiple=True, metavar="H",
+              help="A Host dimension to show (repeat for several hosts). Default: this host.")
+@click.option("--name", default="InferenceWatchdog", show_default=True, help="The dashboard's name.")
+@click.option("--apply", is_flag=True, help="Put the dashboard (else only print its body).")
+@pass_ctx
+def cloudwatch_dashboard(obj: Context, hosts: tuple[str, ...], name: str, apply: bool) -> None:
+    """Print the dashboard body (health, canaries, GPUs, incidents); --apply puts it."""
+    from watchdog.commands.cloudwatch import dashboard_command
+
+    config = obj.load()
+    obj.setup_logging(config)
+    sys.exit(dashboard_command(config, hosts, name, apply))
+
+
+@cloudwatch_group.command("alarms")
+@click.option("--host", "hosts", multiple=True, metavar="H", help="A Host dimension (repeat). Default: this host.")
+@click.option("--gpu", "gpus", multiple=True, type=int, metavar="N",
+              help="GPU indexes to alarm on (repeat). Default: the GPUs the host has reported.")
+@click.option("--sns-topic", metavar="ARN", default=None, help="Notify this SNS topic on alarm and on OK.")
+@click.option("--periods", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="Unhealthy for this many periods before the alarm fires.")
+@click.option("--apply", is_flag=True, help="Create the alarms (else only print them).")
+@pass_ctx
+def cloudwatch_alarms(obj: Context, hosts: tuple[str, ...], gpus: tuple[int, ...], sns_topic: str | None,
+                      periods: int, apply: bool) -> None:
+    """Print the alarms (target unhealthy, GPU memory above 95%, any XID error); --apply creates them."""
+    from watchdog.commands.cloudwatch import alarms_command
+
+    config = obj.load()
+    obj.setup_logging(config)
+    sys.exit(alarms_command(config, hosts, gpus, sns_topic, periods, apply))
+
+
 def _port_list(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[int]:
     ports: list[int] = []
     for value in values:

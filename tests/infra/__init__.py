@@ -6,6 +6,7 @@ too: pytest looks them up in the test module), for example::
     from tests.infra.docker_engine import docker_engine, busybox_image, python_containers  # noqa: F401
     from tests.infra.systemd_container import systemd_image, systemd_container  # noqa: F401
     from tests.infra.wheelhouse import wheelhouse  # noqa: F401
+    from tests.infra.llamacpp import llama_server, tiny_gguf  # noqa: F401
 
 - ``docker_engine`` (session) -> :class:`~tests.infra.docker_engine.DockerEngine`:
   ``.client`` (a ``docker.DockerClient``), ``.socket_path``, ``.base_url``,
@@ -20,6 +21,15 @@ too: pytest looks them up in the test module), for example::
   systemd as PID 1, booted; ``.exec(cmd)``, ``.copy_in(path, dir)``,
   ``.write_file(path, text)``, ``.read_file(path)``, ``.show(unit, *props)``,
   ``.journal(unit)``.
+- ``llama_server`` (function) -> :class:`~tests.infra.llamacpp.LlamaServer`: llama.cpp's
+  real ``llama-server`` on a tiny random GGUF (``tiny_gguf``, session), on a free port:
+  ``.url``, ``.port``, ``.pid``, ``.pause()``/``.resume()`` (SIGSTOP/SIGCONT), ``.kill()``,
+  ``.start()``, ``.restart()`` (same port), ``.restart_command`` (argv for
+  ``restart.method = "command"``), ``.log_path``. Built beforehand by
+  ``scripts/build_llama_server.sh`` (``.ci/run`` does it); ``IW_LLAMA_SERVER`` names
+  another binary.
+- :class:`~tests.infra.tcp_proxy.TcpProxy` (a class, not a fixture): a TCP proxy on
+  127.0.0.1 whose ``hold()`` makes the API behind it silent while the server runs.
 - ``wheelhouse`` (session) -> a directory of wheels (the package from this tree and
   its dependencies) for ``install.sh --wheelhouse``.
 

@@ -94,6 +94,13 @@ def build_report(state_dir: str | Path, since: float | None) -> list[dict[str, A
         conn.close()
 
 
+def _succeeded(evidence: dict[str, Any]) -> bool:
+    """An action's record that says it was done: ``result: ok`` (or, older, not ``ok: false``)."""
+    if "result" in evidence:
+        return evidence["result"] == "ok"
+    return evidence.get("ok", True) is not False
+
+
 def _report(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str], Row] = {}
 
@@ -115,12 +122,14 @@ def _report(conn: sqlite3.Connection, since: float) -> list[dict[str, Any]]:
     for incident_id, target, state, opened_at, closed_at in incidents:
         timeline = entries.get(incident_id, [])
         model = next((str(e["model"]) for k, _, e in timeline if k == "raised" and e.get("model")), NO_MODEL)
+        counted: set[str] = set()  # a finding raised again in one incident (a flap, a daemon restart) is one
         for kind, finding, evidence in timeline:
             this = row(target, str(evidence.get("model") or model))
-            if evidence.get("action") == "restart" and evidence.get("ok", True) is not False:
+            if evidence.get("action") == "restart" and _succeeded(evidence):
                 this.restarts += 1
-            if kind != "raised":
+            if kind != "raised" or finding in counted:
                 continue
+            counted.add(str(finding))
             if finding == "hang":
                 this.hangs += 1
             elif finding == "failed_unload":

@@ -350,21 +350,55 @@ AlertSink = Annotated[Union[SlackAlert, WebhookAlert, EmailAlert], Field(discrim
 
 
 class PrometheusSettings(Section):
+    """``/metrics`` for Prometheus, served by the daemon."""
+
     enabled: bool = False
+    #: host:port; loopback by default (the metrics name your targets and GPUs).
     listen: str = "127.0.0.1:9817"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise PydanticCustomError("listen", 'expected host:port like "127.0.0.1:9817", got "{value}"',
+                                      {"value": value})
+        return value
 
 
 class CloudWatchSettings(Section):
+    """PutMetricData to Amazon CloudWatch (the [cloudwatch] extra: boto3)."""
+
     enabled: bool = False
-    namespace: str = "InferenceWatchdog"
+    namespace: str = Field(default="InferenceWatchdog", min_length=1, max_length=255)
+    #: "" = the AWS environment's region, else the instance's (IMDSv2).
     region: str = ""
     interval: Positive = 60.0
+    #: Another endpoint (a VPC endpoint, a test stand-in); "" = AWS's own.
     endpoint_url: str = ""
+    #: StorageResolution 1 s (pair with a short interval; costs more requests).
+    high_resolution: bool = False
+    #: Datapoints kept while CloudWatch is unreachable or throttling; the oldest are dropped beyond.
+    buffer: int = Field(default=10000, ge=100, le=1_000_000)
+
+
+class EmfSettings(Section):
+    """CloudWatch Embedded Metric Format lines for the CloudWatch agent: no API calls."""
+
+    enabled: bool = False
+    #: A file to append JSON lines to; "" = standard output.
+    path: str = ""
+    namespace: str = Field(default="InferenceWatchdog", min_length=1, max_length=255)
+    interval: Positive = 60.0
+    high_resolution: bool = False
 
 
 class MetricsSettings(Section):
+    #: The Host dimension: "" = the EC2 instance id (IMDSv2) on EC2, else the host name.
+    host: str = ""
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     cloudwatch: CloudWatchSettings = Field(default_factory=CloudWatchSettings)
+    emf: EmfSettings = Field(default_factory=EmfSettings)
 
 
 class DebugSettings(Section):

@@ -26,6 +26,7 @@ from watchdog.daemon.workers import Scheduler
 from watchdog.detect.factory import make_engine
 from watchdog.incidents import Incidents
 from watchdog.listener import Component, ListenerFactory
+from watchdog.metrics.service import make_metrics
 from watchdog.probes.base import Clock, Emit, MonotonicClock
 from watchdog.probes.suite import ProbeSuite
 from watchdog.redact import Redactor
@@ -33,6 +34,7 @@ from watchdog.status import LatestRecords
 
 LISTENERS: list[ListenerFactory] = [
     # act, notify and metrics add their factory here, in this order: e.g. ``make_actions``
+    make_metrics,
 ]
 """Listener factories, in start order."""
 

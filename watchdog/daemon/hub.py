@@ -91,6 +91,8 @@ class DaemonHub:
             wall_start=self.clock.wall_start,
             stale_after=stale_after(config),
             redactor=self.redactor,
+            canary_failures=self.latest.canary_failures,
+            xid_counts=self.latest.xid_counts,
         )
 
 

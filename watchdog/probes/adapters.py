@@ -60,6 +60,10 @@ class StreamStep:
     done: bool = False
     usage_tokens: int | None = None
     error: str | None = None
+    #: The generation rate the server measured itself (llama.cpp's ``timings``). Preferred
+    #: to ours: a few tokens milliseconds apart often arrive in one read, and timing them
+    #: on our side measures the daemon's own loop, not the server.
+    server_tokens_per_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,7 @@ class _Progress:
     first: float | None = None
     last: float | None = None
     done: bool = False
+    server_rate: float | None = None
 
 
 class _Fail(Exception):
@@ -184,7 +185,9 @@ async def send_canary(
     tokens = progress.usage if progress.usage is not None else progress.tokens
     ttft = None if progress.first is None else round(progress.first - progress.t0, 4)
     rate = None
-    if progress.first is not None and progress.last is not None and tokens >= 2:
+    if progress.server_rate is not None and tokens >= 2:
+        rate = round(progress.server_rate, 3)
+    elif progress.first is not None and progress.last is not None and tokens >= 2:
         span = progress.last - progress.first
         if span > 0:
             rate = round((tokens - 1) / span, 3)
@@ -292,6 +295,8 @@ def _take_line(
         progress.tokens += step.tokens
     if step.usage_tokens is not None:
         progress.usage = step.usage_tokens
+    if step.server_tokens_per_s is not None:
+        progress.server_rate = step.server_tokens_per_s
     if step.done:
         progress.done = True
 

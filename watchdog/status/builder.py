@@ -48,16 +48,22 @@ class LatestRecords:
     canaries: dict[str, Canary] = field(default_factory=dict)
     gpus: dict[int, GpuSample] = field(default_factory=dict)
     xids: deque[Xid] = field(default_factory=lambda: deque(maxlen=XIDS_KEPT))
+    #: Failed canaries per target and XID errors per GPU since the daemon started (metrics count them).
+    canary_failures: dict[str, int] = field(default_factory=dict)
+    xid_counts: dict[int, int] = field(default_factory=dict)
 
     def add(self, record: Record) -> None:
         if isinstance(record, ServerPoll):
             self.polls[record.target] = record
         elif isinstance(record, Canary):
             self.canaries[record.target] = record
+            if not record.ok:
+                self.canary_failures[record.target] = self.canary_failures.get(record.target, 0) + 1
         elif isinstance(record, GpuSample):
             self.gpus[record.index] = record
         elif isinstance(record, Xid):
             self.xids.append(record)
+            self.xid_counts[record.index] = self.xid_counts.get(record.index, 0) + 1
 
     def add_all(self, records: Iterable[Record]) -> None:
         for record in records:
@@ -92,6 +98,8 @@ def build_status(
     wall_start: float,
     stale_after: float = 120.0,
     redactor: Redactor = NO_SECRETS,
+    canary_failures: Mapping[str, int] | None = None,
+    xid_counts: Mapping[int, int] | None = None,
 ) -> StatusSnapshot:
     """The snapshot.
 
@@ -100,7 +108,9 @@ def build_status(
     - ``xids``: XID events seen (any order); ``findings``: the engine's raised findings;
     - ``incidents``: the open incidents; ``now``: the daemon clock (seconds since
       ``wall_start``, the Unix time of its zero); a target with no observation
-      for ``stale_after`` seconds is ``unknown``.
+      for ``stale_after`` seconds is ``unknown``;
+    - ``canary_failures`` by target, ``xid_counts`` by GPU: counts since the daemon started
+      (``LatestRecords`` keeps them); without them the counts are those of ``xids`` / zero.
     """
     daemon = daemon or DaemonInfo()
     active = [f for f in findings if f.state == "raised"]
@@ -123,12 +133,15 @@ def build_status(
     names = [t.name for t in header.targets]
     targets = [
         _target(header, name, polls, canaries, gpu_samples, by_target, open_by_target, now, stale_after, redactor)
+        .model_copy(update={"canary_failures": (canary_failures or {}).get(name, 0)})
         for name in names
     ]
     indexes = sorted({g.index for g in header.gpus} | set(gpu_samples))
     gpus = [
         _gpu(header, index, gpu_samples.get(index), xids_by_gpu.get(index, []), by_target, open_by_target, now,
              stale_after, redactor)
+        .model_copy(update={"xid_errors": len(xids_by_gpu.get(index, [])) if xid_counts is None
+                            else xid_counts.get(index, 0)})
         for index in indexes
     ]
     states = [t.state for t in targets] + [g.state for g in gpus]

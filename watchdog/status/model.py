@@ -96,6 +96,7 @@ class TargetStatus(_Model):
     gpus: list[TargetGpu] = Field(default_factory=list)
     findings: list[ActiveFinding] = Field(default_factory=list)
     incident: IncidentRef | None = None
+    canary_failures: int = Field(default=0, description="failed canaries since the daemon started")
 
 
 class XidStatus(_Model):
@@ -119,6 +120,7 @@ class GpuStatus(_Model):
     xids: list[XidStatus] = Field(default_factory=list, description="XID errors seen since the daemon started (last 20)")
     findings: list[ActiveFinding] = Field(default_factory=list)
     incident: IncidentRef | None = None
+    xid_errors: int = Field(default=0, description="XID errors seen since the daemon started (all of them)")
 
 
 class ReloadStatus(_Model):
