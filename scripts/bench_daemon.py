@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
     args = parser.parse_args()
     started = datetime.now(UTC)
+    host = machine()  # load average at the start; loadavg_end at the end
     with fleet(args.targets, args.gpus) as f:
         pid = f.daemon.pid
         time.sleep(args.settle)
@@ -79,7 +80,7 @@ def main() -> None:
     cpu_pct = 100 * (cpu1 - cpu0) / elapsed
     peak_mb = mem["VmHWM"] * 1024 / 1e6
     result = {
-        "benchmark": "daemon footprint", "date": started.isoformat(timespec="seconds"), "machine": machine(),
+        "benchmark": "daemon footprint", "date": started.isoformat(timespec="seconds"), "machine": host,
         "loadavg_end": os.getloadavg(), "targets": args.targets, "gpus": args.gpus, "seconds": round(elapsed, 1),
         "cpu_seconds": round(cpu1 - cpu0, 2), "cpu_pct_one_core": round(cpu_pct, 2),
         "rss_peak_mb": round(peak_mb, 1), "rss_window_max_mb": round(max(rss_samples) * 1024 / 1e6, 1),
