@@ -79,7 +79,7 @@ class JobTimings:
         lag = max(lag, 0.0)  # a wall-clock scheduler may fire a hair early on the monotonic clock
         self._plans[name] = (planned + (missed + 1) * interval, interval)
         self.runs += 1
-        self.histogram[int(lag * 1000)] += 1
+        self.histogram[round(lag * 1000)] += 1
         if lag > self.worst[0]:
             self.worst = (lag, name)
         return lag
