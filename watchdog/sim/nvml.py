@@ -51,7 +51,7 @@ from pynvml import (  # noqa: F401 - re-exported: the probe takes constants from
 
 STALE_AFTER_S = 1.5
 CACHE_S = 0.05
-XID_POLL_S = 0.1  # how often a waiting event set looks for new XIDs
+XID_POLL_S = 0.25  # how often a waiting event set looks for new XIDs (real NVML blocks in the driver)
 MIB = 1024 * 1024
 DRIVER_VERSION = "580.95.05"
 NVML_VERSION = "13.580.95.05"
