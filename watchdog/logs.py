@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -74,11 +75,14 @@ def setup_logging(fmt: LogFormat = "auto", level: str = "INFO", stream: TextIO |
     intercept_stdlib_logging()
 
 
+_DIGITS = re.compile(r"\d+")
+
+
 class InterceptHandler(logging.Handler):
     """Hands the standard library's log records (APScheduler, httpx, aiohttp...) to loguru,
     so they get our format, our sinks and secret masking instead of raw stderr lines.
 
-    A library message that repeats word for word (APScheduler's "skipped: maximum number of
+    A library message that repeats, numbers and times aside, (APScheduler's "skipped: maximum number of
     running instances reached" every interval while a probe of a hung server waits out its
     deadline) is written once per ``repeat_after`` seconds, with how often it came meanwhile.
     """
@@ -92,6 +96,7 @@ class InterceptHandler(logging.Handler):
     def _repeats(self, message: str) -> int | None:
         """None if this message was written recently (drop it); else how often it was dropped."""
         now = time.monotonic()
+        message = _DIGITS.sub("#", message)  # "next run at: 12:00:01", counts: the same message
         with self._seen_lock:
             written = self._seen.get(message)
             if written is not None and now - written[0] < self.repeat_after:

@@ -27,7 +27,7 @@ from typing import IO, Any
 from loguru import logger
 
 from watchdog.config import Config, ConfigError, load_config
-from watchdog.control.server import ControlServer
+from watchdog.control.server import ActionRefused, ControlServer
 from watchdog.control.socket import ControlSocketError
 from watchdog.daemon.builder import Parts, build
 from watchdog.daemon.pipeline import Pipeline
@@ -184,7 +184,9 @@ class Daemon:
     # --- reload ------------------------------------------------------------------------------------
 
     async def reload(self) -> ReloadStatus:
-        """Load the config file again; keep the running one if the new one is broken."""
+        """Load the config file again; keep the running one if the new one is broken, or if
+        switching to it fails for any reason (then the old one is started again, and ``status``
+        says so in ``daemon.last_reload``)."""
         async with self._reloading:
             at = datetime.now(timezone.utc)
             try:
@@ -194,29 +196,46 @@ class Daemon:
                     str(p) for p in exc.problems[:5])
                 _log.error(f"reload refused: {exc}")
                 return self._reloaded(ReloadStatus(at=at, ok=False, message=message))
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the running config stays
+                _log.opt(exception=exc).error(f"reload refused: cannot load {self.config_path}: {exc!r}")
+                return self._reloaded(ReloadStatus(at=at, ok=False,
+                                                   message=f"kept the running config: cannot load it ({exc!r})"))
             if config == self.config:
                 _log.info("reload: no changes")
                 return self._reloaded(ReloadStatus(at=at, ok=True, message="no changes"))
-            self.notify.reloading()
-            _log.info("reloading the configuration")
             old = self.config
-            if config.watchdog.state_dir != old.watchdog.state_dir:
-                _log.warning("reload: state_dir changes take effect at the next restart")
-            await self._apply_config(config)
-            if (config.watchdog.control_socket, config.watchdog.control_group) != (
-                    old.watchdog.control_socket, old.watchdog.control_group):
-                if self.control is not None:
-                    await self.control.stop()
-                with contextlib.suppress(ControlSocketError):
-                    await self._start_control()
-            self.hub.ready = False
-            await self._start_probes(config)
-            for listener in self.parts.listeners:
+            try:
+                return await self._switch(config, old, at)
+            except Exception as exc:  # noqa: BLE001 - a reload must never leave the daemon blind
+                _log.opt(exception=exc).error(f"reload failed half-way ({exc!r}); going back to the running config")
                 try:
-                    await listener.reload(config)
-                except Exception as exc:  # noqa: BLE001 - one listener must not undo the reload of the rest
-                    _log.opt(exception=exc).error(f"reload: listener {listener.name} failed: {exc!r}")
-            return self._reloaded(ReloadStatus(at=at, ok=True, message="reloaded"))
+                    await self._switch(old, config, at)
+                except Exception as again:  # noqa: BLE001
+                    _log.opt(exception=again).critical(f"cannot restart the old config either: {again!r}")
+                return self._reloaded(ReloadStatus(at=at, ok=False,
+                                                   message=f"kept the running config: switching failed ({exc!r})"))
+
+    async def _switch(self, config: Config, old: Config, at: datetime) -> ReloadStatus:
+        """Apply ``config`` (coming from ``old``) everywhere and start its probes."""
+        self.notify.reloading()
+        _log.info("reloading the configuration")
+        if config.watchdog.state_dir != old.watchdog.state_dir:
+            _log.warning("reload: state_dir changes take effect at the next restart")
+        await self._apply_config(config)
+        if (config.watchdog.control_socket, config.watchdog.control_group) != (
+                old.watchdog.control_socket, old.watchdog.control_group):
+            if self.control is not None:
+                await self.control.stop()
+            with contextlib.suppress(ControlSocketError):
+                await self._start_control()
+        self.hub.ready = False
+        await self._start_probes(config)
+        for listener in self.parts.listeners:
+            try:
+                await listener.reload(config)
+            except Exception as exc:  # noqa: BLE001 - one listener must not undo the reload of the rest
+                _log.opt(exception=exc).error(f"reload: listener {listener.name} failed: {exc!r}")
+        return self._reloaded(ReloadStatus(at=at, ok=True, message="reloaded"))
 
     async def _apply_config(self, config: Config) -> None:
         """Reconfigure the long-lived parts in place: redaction, logging, incidents, recorder, engine."""
@@ -224,7 +243,8 @@ class Daemon:
         redactor = Redactor.from_config(config)
         self.parts.redactor = self.hub.redactor = redactor
         set_redactor(redactor)
-        await self.incidents.configure(redactor=redactor, incident_context=config.watchdog.incident_context)
+        await self.incidents.configure(redactor=redactor, incident_context=config.watchdog.incident_context,
+                                       flap_window=config.watchdog.flap_window)
         setup_logging(config.watchdog.log_format if self.log_format is None else self.log_format,
                       config.watchdog.log_level if self.log_level is None else self.log_level)
         self.parts.recorder.window_s = config.watchdog.recorder_window
@@ -384,8 +404,32 @@ class _Provider:
         # handling this very request, which must not cancel the reload half-way.
         return await asyncio.shield(self.daemon._spawn(self.daemon.reload(), "reload"))
 
+    async def alert_test(self, sink: str | None, timeout: float) -> list[dict[str, Any]]:
+        alerts = self.daemon.hub.alerts
+        if alerts is None:
+            raise KeyError("alerts are not running in this daemon")
+        return [result.to_json() for result in await alerts.test(sink, timeout)]
+
     def allow_wedge(self) -> bool:
         return self.daemon.config.debug.allow_wedge
+
+    async def act(self, action: str, target: str, params: dict[str, Any]) -> dict[str, Any]:
+        from watchdog.act import ActError
+
+        if target not in {t.name for t in self.daemon.config.targets}:
+            raise LookupError(f"no target named {target!r}")
+        listener = next((x for x in self.daemon.parts.listeners if x.name == "act"), None)
+        actor = getattr(listener, "actor", None)
+        if actor is None:
+            raise ActionRefused("this daemon runs without the act listener")
+        try:
+            if action == "pause":
+                return await actor.pause(target, seconds=params.get("seconds"))
+            if action == "resume":
+                return await actor.resume(target)
+            return await actor.manual(action, target, model=params.get("model"))
+        except ActError as exc:
+            raise ActionRefused(str(exc)) from None
 
 
 async def run_daemon(config_path: str, config: Config, log_format: str | None = None,

@@ -197,6 +197,10 @@ class Scheduler:
         async def run() -> None:
             try:
                 await asyncio.wait_for(job(), timeout=deadline)
+            except asyncio.CancelledError:
+                # Stopping (SIGTERM) or reloading: the scheduler cancels jobs in flight. That is
+                # no error, and must not become one traceback per job in the log.
+                return
             except TimeoutError:
                 _log.warning(f"job {name} overran its {deadline:.0f} s deadline; cancelled")
             except Exception as exc:  # noqa: BLE001 - a probe bug must not stop the schedule

@@ -7,10 +7,16 @@ Rules:
 - the incident closes when every finding in it has cleared; its recording
   keeps taking records for ``incident_context`` seconds more;
 - its severity is the worst of its findings (:data:`watchdog.detect.finding.SEVERITY`);
+- a target that raises the same finding again within ``flap_window`` of its
+  incident closing (raise, clear, raise: a flapping target) gets that incident *reopened*, with
+  ``flaps`` counted up, rather than a new one: one problem, one incident, one page;
 - after a restart, open incidents are reloaded; their raised findings are
-  *carried over* until the new run raises them again (they stay) or
-  ``carryover_grace`` passes without that (they are cleared, "assumed over"),
-  so an incident never stays open forever because the daemon restarted.
+  *carried over* and re-judged from what the new run observes, never dropped
+  by a timer alone: the new run raises them again (they stay), or shows they
+  are over (``hang``: a canary answers; ``down``: the server answers; they are
+  cleared at once, saying why), or, for the other findings, watches the target
+  for ``carryover_grace`` without raising them (cleared). A ``hang`` or ``down``
+  with no fresh evidence either way (the server says nothing) stays raised.
 
 The manager is synchronous and single-threaded; the async facade runs it in
 its worker thread. Its memory is the truth for the running daemon: when the
@@ -53,7 +59,7 @@ from watchdog.incidents.recording import (
 from watchdog.incidents.store import DB_NAME, IncidentStore
 from watchdog.logs import LogOnce
 from watchdog.redact import NO_SECRETS, Redactor
-from watchdog.trace.records import Header, Record
+from watchdog.trace.records import Canary, Header, Record, ServerPoll
 
 DEFAULT_RETENTION = 90 * 86400.0
 _TITLE_MAX = 200
@@ -95,8 +101,10 @@ class IncidentManager:
         redactor: Redactor = NO_SECRETS,
         max_recording_bytes: int = DEFAULT_MAX_BYTES,
         store: IncidentStore | None = None,
+        flap_window: float = 0.0,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.flap_window = flap_window
         self.wall_start = wall_start
         self.header = header or Header()
         self.incident_context = incident_context
@@ -106,10 +114,13 @@ class IncidentManager:
         self.max_recording_bytes = max_recording_bytes
         self.store = store or IncidentStore(self.state_dir / DB_NAME)
         self._open: dict[str, _Live] = {}
+        #: The last closed incident of each target and its close time (for reopening a flap).
+        self._closed: dict[str, tuple[Incident, float]] = {}
         self._tails: dict[int, _Tail] = {}
         self._next_prune = float("inf")  # set by the first prune, at start
         self._unsaved: dict[int, _Unsaved] = {}
         self._carry_until: float | None = None
+        self._watched: set[str] = set()  # targets the new run has observed since it started
         self._next_id = 1
         self._canary_counts: Counts = {}
         self._counts_flushed_t: float | None = None
@@ -140,8 +151,8 @@ class IncidentManager:
                 at=self._at(t),
                 kind="note",
                 summary=(
-                    f"daemon restarted {how}; raised findings ({names}) carried over until raised again, "
-                    f"cleared if not seen within {format_duration(self.carryover_grace)}"
+                    f"daemon restarted {how}; raised findings ({names}) carried over and re-judged from "
+                    "fresh evidence: kept while it shows them, cleared when it shows them over"
                 ),
             )
             incident = incident.model_copy(update={"findings": carried, "timeline": [*incident.timeline, entry]})
@@ -209,6 +220,9 @@ class IncidentManager:
         )
         live = self._open.get(finding.target)
         if live is None:
+            closed = self._flapped(finding.target, finding.finding, finding.t)
+            if closed is not None:
+                return self._reopen_incident(closed, finding, entry)
             return [self._open_incident(finding, entry, context)]
         incident = live.incident
         before = next((f for f in incident.findings if f.finding == finding.finding), None)
@@ -226,6 +240,75 @@ class IncidentManager:
         live.incident = incident
         self._save(incident, [entry])
         return [IncidentEvent(kind="updated", incident=self._view(finding.target), change=entry)]
+
+    def _flapped(self, target: str, finding: str, t: float) -> tuple[Incident, float] | None:
+        """The target's incident that closed within ``flap_window`` before ``t`` and had this finding."""
+        if self.flap_window <= 0:
+            return None
+        recent = self._closed.get(target)
+        if recent is None:
+            # After a restart: the store knows what closed before it.
+            try:
+                incident = self.store.last_closed(target, self._wall(t) - self.flap_window)
+            except sqlite3.Error:
+                incident = None
+            if incident is None or incident.closed_at is None:
+                return None
+            recent = (incident, to_timestamp(incident.closed_at) - self.wall_start)
+        incident, closed_t = recent
+        if t - closed_t > self.flap_window or incident.state != "closed":
+            return None
+        if not any(f.finding == finding for f in incident.findings):
+            return None  # a different problem is a new incident (and a new page), not a flap
+        return recent
+
+    def _reopen_incident(
+        self, closed: tuple[Incident, float], finding: Finding, entry: TimelineEntry
+    ) -> list[IncidentEvent]:
+        incident, closed_t = closed
+        flaps = incident.flaps + 1
+        gap = max(0.0, finding.t - closed_t)
+        note = TimelineEntry(
+            at=entry.at,
+            kind="note",
+            summary=(
+                f"reopened: {finding.finding} raised again {format_duration(gap)} after the incident closed "
+                f"(flap {flaps}; within the flap window of {format_duration(self.flap_window)})"
+            ),
+            evidence={"reopened": True, "flaps": flaps, "closed_for_s": round(gap, 3)},
+        )
+        tail = self._tails.pop(incident.id, None)
+        recording_file = tail.recording if tail is not None else self._reopen(incident)
+        recording = incident.recording
+        if recording is not None:
+            recording = recording.model_copy(update={"until": None})
+        incident = incident.model_copy(
+            update={
+                "state": "open",
+                "closed_at": None,
+                "flaps": flaps,
+                "recording": recording,
+                "timeline": [*incident.timeline, note],
+            }
+        )
+        updated = IncidentFinding(
+            finding=finding.finding,
+            state="raised",
+            severity=entry.severity or "warning",
+            summary=entry.summary,
+            raised_at=entry.at,
+            changed_at=entry.at,
+        )
+        incident = self._with_finding(incident, updated, entry)
+        self._closed.pop(finding.target, None)
+        self._open[finding.target] = _Live(incident, recording_file)
+        self._save(incident, [note, entry])
+        _log.warning(f"incident #{incident.id} on {finding.target} reopened (flap {flaps}): {entry.summary}")
+        view = self._view(finding.target)
+        return [
+            IncidentEvent(kind="updated", incident=view, change=note),
+            IncidentEvent(kind="updated", incident=view, change=entry),
+        ]
 
     def _open_incident(self, finding: Finding, entry: TimelineEntry, context: Sequence[Record]) -> IncidentEvent:
         incident_id = self._next_id
@@ -299,13 +382,15 @@ class IncidentManager:
             live.incident = incident
             self._save(incident, [entry])
             return [IncidentEvent(kind="updated", incident=self._view(target), change=entry)]
-        # The last finding cleared: the incident closes; its recording runs on for a while.
-        until_t = t + self.incident_context
+        # The last finding cleared: the incident closes; its recording runs on for a while
+        # (through the flap window too, so a reopened incident continues the same file).
+        until_t = t + max(self.incident_context, self.flap_window)
         recording = incident.recording
         if recording is not None:
             recording = recording.model_copy(update={"until": self._at(until_t), "bytes": self._size(live)})
         incident = incident.model_copy(update={"state": "closed", "closed_at": at, "recording": recording})
         del self._open[target]
+        self._closed[target] = (incident, t)
         if live.recording is not None:
             self._tails[incident.id] = _Tail(live.recording, until_t)
         self._save(incident, [entry])
@@ -327,20 +412,46 @@ class IncidentManager:
 
     # --- notes, records, time -----------------------------------------------------------------
 
-    def note(self, target: str, summary: str, t: float, evidence: dict[str, Any] | None = None) -> list[IncidentEvent]:
-        """Add a note (an action taken, an alert sent...) to the target's open incident, if any."""
-        live = self._open.get(target)
-        if live is None:
-            return []
+    def note(
+        self,
+        target: str,
+        summary: str,
+        t: float,
+        evidence: dict[str, Any] | None = None,
+        incident_id: int | None = None,
+    ) -> list[IncidentEvent]:
+        """Add a note (an action taken, an alert sent...) to the target's open incident, if any.
+
+        With ``incident_id``, the note goes to that incident even when it has closed
+        meanwhile (an action's verification often ends after the finding cleared).
+        """
         entry = TimelineEntry(
             at=self._at(t),
             kind="note",
             summary=self.redactor.text(summary),
             evidence=self.redactor.data(dict(evidence or {})),
         )
+        live = self._open.get(target)
+        if live is None or (incident_id is not None and live.incident.id != incident_id):
+            return self._note_closed(target, incident_id, entry)
         live.incident = live.incident.model_copy(update={"timeline": [*live.incident.timeline, entry]})
         self._save(live.incident, [entry])
         return [IncidentEvent(kind="updated", incident=self._view(target), change=entry)]
+
+    def _note_closed(self, target: str, incident_id: int | None, entry: TimelineEntry) -> list[IncidentEvent]:
+        if incident_id is None:
+            return []
+        try:
+            incident = self.store.get(incident_id)
+            if incident is None or incident.target != target or incident.is_open:
+                return []
+            with self.store.transaction():
+                self.store.add_entry(incident_id, entry)
+        except sqlite3.Error as exc:
+            self._problem("store", f"state store: cannot add a note to incident #{incident_id} ({exc})")
+            return []
+        incident = incident.model_copy(update={"timeline": [*incident.timeline, entry]})
+        return [IncidentEvent(kind="updated", incident=incident, change=entry)]
 
     def record(self, records: Sequence[Record]) -> list[IncidentEvent]:
         """Append records to the recordings that are running; then let time pass to the last one."""
@@ -360,6 +471,8 @@ class IncidentManager:
                 events.extend(self.note(target, text, last_t))
         for tail in self._tails.values():
             self._append(tail.recording, [r for r in records if r.t is None or r.t <= tail.until_t], "tail")
+        if self._has_carried():
+            events.extend(self._rejudge(records))
         last = max((r.t for r in records if r.t is not None), default=None)
         if last is not None:
             events.extend(self.tick(last))
@@ -402,15 +515,23 @@ class IncidentManager:
             grace = format_duration(self.carryover_grace)
             for target, live in list(self._open.items()):
                 for finding in list(live.incident.findings):
-                    if finding.carried_over and finding.state == "raised":
-                        events.extend(
-                            self._clear(
-                                target,
-                                finding.finding,
-                                t,
-                                f"not raised again within {grace} after the daemon restarted: assumed over",
-                            )
+                    if not (finding.carried_over and finding.state == "raised"):
+                        continue
+                    if finding.finding in _NEEDS_PROOF or target not in self._watched:
+                        # No timer decides that a hang is over: only a canary that answers, a
+                        # server that answers. Without any observation, nothing is known either.
+                        events.extend(self.note(
+                            target, f"{finding.finding} still carried over after {grace}: no fresh evidence "
+                            "that it is over", t))
+                        continue
+                    events.extend(
+                        self._clear(
+                            target,
+                            finding.finding,
+                            t,
+                            f"watched for {grace} after the daemon restarted and not raised again: over",
                         )
+                    )
         for incident_id, tail in list(self._tails.items()):
             if t >= tail.until_t:
                 try:
@@ -422,6 +543,28 @@ class IncidentManager:
             self._flush()
         if t >= self._next_prune:
             self._prune(t)
+        return events
+
+    def _has_carried(self) -> bool:
+        return any(f.carried_over and f.state == "raised" for live in self._open.values()
+                   for f in live.incident.findings)
+
+    def _rejudge(self, records: Sequence[Record]) -> list[IncidentEvent]:
+        """Clear carried-over findings that fresh records prove over (see the module's rules)."""
+        events: list[IncidentEvent] = []
+        for record in records:
+            target = getattr(record, "target", None)
+            live = self._open.get(target) if isinstance(target, str) else None
+            if live is None:
+                continue
+            self._watched.add(live.incident.target)
+            for finding in list(live.incident.findings):
+                if not (finding.carried_over and finding.state == "raised"):
+                    continue
+                why = _proof_over(finding.finding, record)
+                if why is not None and record.t is not None:
+                    events.extend(self._clear(live.incident.target, finding.finding, record.t,
+                                              f"re-judged after the daemon restarted: {why}"))
         return events
 
     # --- queries ------------------------------------------------------------------------------
@@ -461,6 +604,13 @@ class IncidentManager:
             incident = incident.model_copy(
                 update={"recording": incident.recording.model_copy(update={"bytes": live.recording.size})}
             )
+        try:  # actions are written by watchdog/act/ into the same database
+            actions = self.store.actions_of(incident.id)
+            recovered = self.store.recovered_after(incident.id)
+        except sqlite3.Error:
+            return incident
+        if actions or recovered is not None:
+            incident = incident.model_copy(update={"actions": actions, "recovered_after_s": recovered})
         return incident
 
     @staticmethod
@@ -546,3 +696,18 @@ def _title(finding: str, summary: str) -> str:
     title = f"{finding}: {summary}" if summary else finding
     return title if len(title) <= _TITLE_MAX else title[: _TITLE_MAX - 1] + "…"
 
+
+_NEEDS_PROOF = frozenset({"hang", "down"})
+"""Carried-over findings that stay raised until an observation proves them over."""
+
+
+def _proof_over(finding: str, record: Record) -> str | None:
+    """Why ``record`` shows a carried-over ``finding`` is over, or None."""
+    if finding == "hang" and isinstance(record, Canary) and record.ok:
+        return "a canary got through"
+    if finding == "down":
+        if isinstance(record, ServerPoll) and record.state not in ("down",):
+            return f"the server answers (state {record.state})"
+        if isinstance(record, Canary) and record.error != "refused":
+            return "a canary was accepted"
+    return None

@@ -33,13 +33,28 @@ from watchdog.probes.http import (
     make_client,
     parse_json,
 )
+from watchdog.probes.known_models import KnownModels
 from watchdog.trace.records import ServerPoll
 
 StreamFormat = Literal["ndjson", "sse"]
+MAX_MODELS_PER_POLL = 256
+"""What one ServerPoll may list: an /api/ps of 38,000 models must not make every record (and the
+flight recorder holding thousands of them) megabytes large. The total is kept in ``extra``."""
 
 
 class StreamFormatError(ValueError):
     """A line of a canary stream that is not what this kind of server sends."""
+
+
+class ModelList(list):  # type: ignore[type-arg]
+    """The models a poll keeps (at most MAX_MODELS_PER_POLL), and how many the server listed."""
+
+    total: int = 0
+
+
+def kept_models(items: list[Any]) -> tuple[list[Any], int]:
+    """The entries worth parsing: parsing 38,000 (dates, names) would hold the loop for a second."""
+    return items[:MAX_MODELS_PER_POLL], len(items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +115,9 @@ class ServerAdapter(ABC):
     #: Whether every model the server lists is loaded (vLLM), or it may list models it
     #: would load on demand (generic OpenAI-compatible servers).
     lists_only_loaded_models = False
+    #: Whether an empty list from a successful poll means "nothing loaded" (Ollama's /api/ps),
+    #: so the last known models are forgotten and never get a canary that would load them.
+    empty_list_is_news = False
 
     kind: ClassVar[str]
     stream_format: ClassVar[StreamFormat] = "sse"
@@ -113,6 +131,7 @@ class ServerAdapter(ABC):
         transport: httpx.AsyncBaseTransport | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         wall_clock: Clock = time.time,
+        known: KnownModels | None = None,
     ) -> None:
         self.target = target
         self.name = target.name
@@ -123,7 +142,9 @@ class ServerAdapter(ABC):
         self._client: httpx.AsyncClient | None = None
         self._canary_client: httpx.AsyncClient | None = None
         self._api_key: SecretValue | None = None
-        self.known_models: list[str] = []  # from the last poll that listed models
+        self.known = known if known is not None else KnownModels()
+        # From the last poll that listed models, or from the state dir (an earlier run).
+        self.known_models: list[str] = self.known.get(target.name)
 
     # --- HTTP plumbing ----------------------------------------------------------------------
 
@@ -179,8 +200,15 @@ class ServerAdapter(ABC):
         )
 
     async def get_json(self, path: str) -> Any:
-        _, body = await self.get(path)
-        return parse_json(body, path)
+        _, data = await fetch(
+            self.client(),
+            "GET",
+            path,
+            deadline=self.target.request_timeout,
+            max_bytes=self.max_body_bytes,
+            parse=lambda body: parse_json(body, path),
+        )
+        return data
 
     async def aclose(self) -> None:
         for client in (self._client, self._canary_client):
@@ -198,8 +226,13 @@ class ServerAdapter(ABC):
             parts = PollParts(state="down" if failure.code == "refused" else "error", error=failure.text)
         except Exception as exc:  # noqa: BLE001 - a probe never raises into the loop
             parts = PollParts(state="error", error=f"{BAD_RESPONSE}: {type(exc).__name__}")
-        if parts.state == "ready" and parts.models:
+        total = max(len(parts.models), getattr(parts.models, "total", 0))
+        if total > MAX_MODELS_PER_POLL:
+            parts.extra["models_total"] = total
+        parts.models = list(parts.models[:MAX_MODELS_PER_POLL])
+        if parts.state == "ready" and (parts.models or self.empty_list_is_news):
             self.known_models = [m.name for m in parts.models]
+            self.known.set(self.name, self.known_models)
         return ServerPoll(
             t=self.clock(),
             target=self.name,
@@ -224,6 +257,15 @@ class ServerAdapter(ABC):
         return UnloadResult(False, f"{self.kind} servers have no unload API: restart the server instead")
 
     # --- canary -----------------------------------------------------------------------------
+
+    async def still_loaded(self, model: str | None) -> bool:
+        """Whether ``model`` is still loaded, asked right before a canary goes out.
+
+        Only servers that load a model on request (Ollama) need it: the canary was chosen
+        from a poll up to one poll interval old, and a model unloaded since must not be
+        loaded again by the canary. Others (and an answer that cannot be read: a hung or
+        broken server still gets its canary) say yes."""
+        return True
 
     def canary_choices(
         self, poll: ServerPoll | None, now: float, configured: Sequence[str]
@@ -272,7 +314,7 @@ def parse_sse_line(line: str) -> StreamStep | None:
         return StreamStep(done=True)
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise StreamFormatError("event data is not JSON") from None
     if not isinstance(data, dict):
         raise StreamFormatError("event data is not an object")
@@ -313,7 +355,7 @@ def parse_ollama_line(line: str) -> StreamStep | None:
         return None
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise StreamFormatError("stream line is not JSON") from None
     if not isinstance(data, dict):
         raise StreamFormatError("stream line is not an object")
@@ -352,8 +394,9 @@ def make_adapter(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
+    known: KnownModels | None = None,
 ) -> ServerAdapter:
-    """The adapter for a target's kind."""
+    """The adapter for a target's kind; ``known`` keeps its last known models (across restarts)."""
     from watchdog.probes.llamacpp import LlamaCppAdapter
     from watchdog.probes.ollama import OllamaAdapter
     from watchdog.probes.openai import OpenAIAdapter
@@ -365,4 +408,4 @@ def make_adapter(
         "llamacpp": LlamaCppAdapter,
         "openai": OpenAIAdapter,
     }
-    return kinds[target.kind](target, clock, transport=transport, max_body_bytes=max_body_bytes)
+    return kinds[target.kind](target, clock, transport=transport, max_body_bytes=max_body_bytes, known=known)

@@ -9,7 +9,9 @@ Three parts, from pure to I/O:
   same server is in flight, never while the server says it is loading.
 - :func:`send_canary` sends one and times it, with separate deadlines: connect,
   first token, stall between tokens (a stream that stops mid-way is
-  ``stalled``), and the whole request.
+  ``stalled``), and the whole request. It stops reading (and closes the
+  stream) once ``max_tokens`` tokens came, whether or not the server ends the
+  stream: a server that streams without end is generating, not hung.
 - :class:`CanaryProbe` puts them together for one target and emits ``Canary``
   records.
 """
@@ -36,8 +38,10 @@ from watchdog.probes.http import (
     HTTP_5XX,
     REFUSED,
     TIMEOUT,
+    CappedDecoder,
     HttpFailure,
     classify,
+    iter_decoded,
     read_capped,
 )
 from watchdog.probes.lines import LineSplitter
@@ -46,6 +50,9 @@ from watchdog.trace.records import Canary, ServerPoll
 STALLED = "stalled"
 MAX_STREAM_BYTES = 1024 * 1024
 MAX_STREAM_LINE = 256 * 1024
+MAX_TOKENS_TAIL_S = 2.0
+"""After ``max_tokens`` tokens, how long the end of the answer (usage, timings, [DONE]) may take
+before reading stops anyway; a token beyond ``max_tokens`` stops it at once."""
 JITTER = 0.1
 """Each routine canary waits up to this share of ``interval`` longer, drawn anew every
 time, so the canaries of many targets do not all go out in the same second (issue 15).
@@ -144,6 +151,9 @@ class _Progress:
     last: float | None = None
     done: bool = False
     server_rate: float | None = None
+    max_tokens: int | None = None
+    cut: str | None = None  # why reading stopped before the server ended the answer
+    reached: float | None = None  # when max_tokens tokens had come
 
 
 class _Fail(Exception):
@@ -161,6 +171,7 @@ async def send_canary(
     *,
     model: str | None,
     monotonic: Clock = time.monotonic,
+    max_tokens: int | None = None,
 ) -> Canary:
     """Send one canary request and describe how it went. Never raises.
 
@@ -169,19 +180,29 @@ async def send_canary(
     stopped), ``refused``, ``http_5xx``, ``bad_response`` (not the stream this
     kind of server sends, or cut short), ``http_4xx: ...`` or a server's own
     error text.
+
+    With ``max_tokens``, reading stops once that many tokens came (``extra.cut``
+    says so): a stream that does not end by itself is still a working server.
+    A stream larger than the byte cap after tokens came is cut there, too.
     """
     started = clock()
-    progress = _Progress(t0=monotonic())
+    progress = _Progress(t0=monotonic(), max_tokens=max_tokens)
     error: str | None = None
     extra: dict[str, Any] = {}
     try:
         await _stream(adapter, request, deadlines, progress, monotonic)
     except _Fail as fail:
         error, extra = fail.error, dict(fail.extra)
+        if error == BAD_RESPONSE and fail.extra.get("oversize") and progress.tokens > 0:
+            # Tokens came, then more bytes than we read: it generates; stop reading there.
+            error, extra = None, {"cut": "byte_cap"}
+        extra.pop("oversize", None)
     except HttpFailure as failure:  # e.g. the API key reference cannot be read
         error, extra = failure.code, {"detail": failure.detail} if failure.detail else {}
     except Exception as exc:  # noqa: BLE001 - a probe never raises into the loop
         error, extra = "error", {"detail": type(exc).__name__}
+    if error is None and progress.cut is not None:
+        extra["cut"] = progress.cut
     tokens = progress.usage if progress.usage is not None else progress.tokens
     ttft = None if progress.first is None else round(progress.first - progress.t0, 4)
     rate = None
@@ -240,18 +261,23 @@ async def _stream(
             if response.status_code >= 300:
                 await _fail_status(response, min(total_at, monotonic() + 2.0) + offset)
             splitter = LineSplitter(MAX_STREAM_LINE)
-            received = 0
-            chunks = response.aiter_bytes().__aiter__()
+            decoder = CappedDecoder(response.headers.get("content-encoding", ""), MAX_STREAM_BYTES)
+            chunks = response.aiter_raw().__aiter__()
             while not progress.done:
                 if progress.first is None:
                     deadline, phase = min(first_at, total_at), "first_token" if first_at <= total_at else "total"
                 else:
                     stall_at = (progress.last or progress.first) + deadlines.stall
                     deadline, phase = min(stall_at, total_at), STALLED if stall_at <= total_at else "total"
+                    if progress.reached is not None and progress.reached + MAX_TOKENS_TAIL_S < deadline:
+                        deadline, phase = progress.reached + MAX_TOKENS_TAIL_S, "tail"
                 try:
                     async with asyncio.timeout_at(deadline + offset):
                         chunk = await chunks.__anext__()
                 except TimeoutError:
+                    if phase == "tail":
+                        progress.done, progress.cut = True, "max_tokens"  # all asked for came; the end did not
+                        return
                     raise expired(phase) from None
                 except StopAsyncIteration:
                     for line in splitter.flush():
@@ -265,13 +291,18 @@ async def _stream(
                         failure.code if failure.code != REFUSED else BAD_RESPONSE,
                         detail=failure.detail or "the stream broke off",
                     ) from None
-                received += len(chunk)
-                if received > MAX_STREAM_BYTES:
-                    raise _Fail(BAD_RESPONSE, detail=f"stream larger than {MAX_STREAM_BYTES} bytes")
-                for line in splitter.feed(chunk):
-                    _take_line(adapter, request, line, progress, monotonic)
-                    if progress.done:
-                        break
+                try:
+                    for piece in decoder.feed(chunk):
+                        for line in splitter.feed(piece):
+                            _take_line(adapter, request, line, progress, monotonic)
+                            if progress.done:
+                                break
+                        if progress.done:
+                            break
+                except HttpFailure as failure:
+                    raise _Fail(BAD_RESPONSE, detail=f"stream larger than {MAX_STREAM_BYTES} bytes"
+                                if failure.detail.startswith("body larger") else failure.detail,
+                                oversize=failure.detail.startswith("body larger")) from None
         finally:
             await response.aclose()
 
@@ -293,6 +324,14 @@ def _take_line(
             progress.first = now
         progress.last = now
         progress.tokens += step.tokens
+        if progress.max_tokens is not None and not step.done:
+            if progress.tokens > progress.max_tokens:
+                # More than asked for: a server that does not stop. Enough: stop reading (the
+                # stream is closed on the way out).
+                progress.done = True
+                progress.cut = "max_tokens"
+            elif progress.tokens == progress.max_tokens and progress.reached is None:
+                progress.reached = now  # the end of the answer (usage, timings) should follow
     if step.usage_tokens is not None:
         progress.usage = step.usage_tokens
     if step.server_tokens_per_s is not None:
@@ -306,7 +345,7 @@ async def _fail_status(response: Any, deadline_at: float) -> None:
     body = b""
     try:
         async with asyncio.timeout_at(deadline_at):
-            body = await read_capped(response.aiter_bytes(), 4096)
+            body = await read_capped(iter_decoded(response, 4096), 4096)
     except Exception:  # noqa: BLE001 - the status says enough
         pass
     detail = " ".join(body[:200].decode("utf-8", "replace").split())
@@ -396,6 +435,10 @@ class CanaryProbe:
             return None
         self.planner.in_flight = True
         try:
+            if not await self.adapter.still_loaded(choice.model):
+                # Unloaded since the poll it was chosen from: a canary now would load it again.
+                self.last_skip = f"{choice.model} was unloaded since the last poll"
+                return None
             canary = await self._send(choice)
         finally:
             self.planner.in_flight = False
@@ -429,7 +472,8 @@ class CanaryProbe:
         canary: Canary | None = None
         for index in range(start, len(requests)):
             canary = await send_canary(
-                self.adapter, requests[index], deadlines, self.clock, model=choice.model, monotonic=self.monotonic
+                self.adapter, requests[index], deadlines, self.clock, model=choice.model, monotonic=self.monotonic,
+                max_tokens=self.settings.max_tokens,
             )
             if not _rejects_the_request(canary):
                 self._request_choice[choice.model] = index

@@ -10,6 +10,8 @@ so it does not extend the model's life (a model kept forever stays so).
 
 from __future__ import annotations
 
+import asyncio
+
 import math
 from collections.abc import Sequence
 from datetime import datetime
@@ -18,10 +20,12 @@ from typing import Any
 from watchdog.probes.adapters import (
     CanaryChoice,
     CanaryRequest,
+    ModelList,
     PollParts,
     ServerAdapter,
     UnloadResult,
     bytes_to_mib,
+    kept_models,
 )
 from watchdog.probes.http import BAD_RESPONSE, HttpFailure, fetch, parse_json
 from watchdog.trace.records import LoadedModel, ServerPoll
@@ -44,8 +48,10 @@ def parse_ps(data: Any, wall_now: float) -> list[LoadedModel]:
         items = []
     if not isinstance(items, list):
         raise HttpFailure(BAD_RESPONSE, '/api/ps: no "models" list')
-    models = []
-    for item in items:
+    kept, total = kept_models(items)
+    models = ModelList()
+    models.total = total
+    for item in kept:
         if not isinstance(item, dict):
             raise HttpFailure(BAD_RESPONSE, "/api/ps: a model entry is not an object")
         name = item.get("name") or item.get("model")
@@ -84,6 +90,7 @@ class OllamaAdapter(ServerAdapter):
     kind = "ollama"
     stream_format = "ndjson"
     supports_unload = True
+    empty_list_is_news = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -94,6 +101,15 @@ class OllamaAdapter(ServerAdapter):
         models = parse_ps(data, self.wall_clock())
         self._note_overdue(models)
         return PollParts(state="ready", models=models)
+
+    async def still_loaded(self, model: str | None) -> bool:
+        if model is None:
+            return True
+        try:  # a quick look: a server too stuck to answer this gets its canary
+            models = parse_ps(await asyncio.wait_for(self.get_json("/api/ps"), 1.0), self.wall_clock())
+        except Exception:  # noqa: BLE001 - a status endpoint that fails is the canary's business
+            return True
+        return any(m.name == model for m in models)
 
     def _note_overdue(self, models: list[LoadedModel]) -> None:
         """Remember since when each listed model has been past its expiry (see OVERDUE_AFTER_S)."""
@@ -128,8 +144,16 @@ class OllamaAdapter(ServerAdapter):
     def canary_choices(
         self, poll: ServerPoll | None, now: float, configured: Sequence[str]
     ) -> tuple[list[CanaryChoice], str]:
-        """Loaded models only, each with the keep_alive that leaves its expiry where it is."""
+        """Loaded models only, each with the keep_alive that leaves its expiry where it is.
+
+        When /api/ps fails (a hung Ollama stops answering it too), the canary is the only
+        evidence left: it goes to the models the last successful /api/ps listed (kept
+        across restarts), never to a model not seen loaded.
+        """
         if poll is None or poll.state != "ready":
+            last = [m for m in self.known_models if not configured or m in configured]
+            if last and (poll is None or poll.state == "error"):
+                return [CanaryChoice(m, keep_alive=None) for m in last], ""
             return [], "the loaded models are not known (no successful /api/ps yet)"
         loaded = {m.name: m for m in poll.models}
         names = [m for m in configured if m in loaded] if configured else list(loaded)
