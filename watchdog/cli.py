@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from watchdog import __version__
-from watchdog.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from watchdog.config.paths import CONFIG_ENV, DEFAULT_CONFIG_PATH
 from watchdog.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
-from watchdog.logs import setup_logging
+
+if TYPE_CHECKING:
+    from watchdog.config import Config, ConfigError
+
+# Only click and the constants above are imported at start: each command imports what it
+# needs (the config models, the renderer, the control client...), so ``--version`` and
+# ``status`` do not pay for pydantic models, loguru or rich they do not use (issue 15).
 
 
 class Context:
@@ -30,6 +36,8 @@ class Context:
 
     def load(self, path: str | None = None) -> Config:
         """The config, or exit 2 with every problem listed."""
+        from watchdog.config import ConfigError, load_config
+
         try:
             return load_config(path or self.config_path)
         except ConfigError as exc:
@@ -38,6 +46,8 @@ class Context:
     def setup_logging(self, config: Config | None = None) -> None:
         fmt = self.log_format or (config.watchdog.log_format if config else "auto")
         level = self.log_level or (config.watchdog.log_level if config else "WARNING")
+        from watchdog.logs import setup_logging
+
         setup_logging(fmt, level)  # type: ignore[arg-type]
 
 
@@ -174,6 +184,7 @@ _socket_option = click.option(
 
 
 def _control_client(obj: Context, socket_path: str | None) -> Any:
+    from watchdog.config import ConfigError
     from watchdog.control.client import ControlClient, resolve_socket_path
 
     try:
@@ -201,7 +212,7 @@ def status_command(obj: Context, as_json: bool, socket_path: str | None) -> None
     import json
 
     from watchdog.control.client import ControlError, DaemonUnreachable
-    from watchdog.status import exit_code_for, render_status
+    from watchdog.status.summary import exit_code_for
 
     client = _control_client(obj, socket_path)
     try:
@@ -211,6 +222,8 @@ def status_command(obj: Context, as_json: bool, socket_path: str | None) -> None
     if as_json:
         click.echo(json.dumps(snapshot.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:
+        from watchdog.status.render import render_status  # rich: only for the table
+
         render_status(snapshot)
     sys.exit(exit_code_for(snapshot))
 
@@ -519,6 +532,8 @@ def probe(obj: Context, targets: tuple[str, ...], all_targets: bool, as_json: bo
 
     config = obj.load()
     # The tables say what went wrong; the log only adds what they cannot (unless asked).
+    from watchdog.logs import setup_logging
+
     setup_logging(obj.log_format or "text", obj.log_level or "ERROR")  # type: ignore[arg-type]
     known = [t.name for t in config.targets if t.enabled]
     if all_targets == bool(targets):

@@ -20,9 +20,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from watchdog.config.model import Config
+from watchdog.config.paths import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: F401 - re-exported
 
-DEFAULT_CONFIG_PATH = "/etc/inference-watchdog/watchdog.toml"
-CONFIG_ENV = "INFERENCE_WATCHDOG_CONFIG"
 MAX_CONFIG_BYTES = 1024 * 1024
 """A config is a few kilobytes; anything above this is the wrong file (or /dev/zero)."""
 MAX_NESTING = 32

@@ -15,11 +15,13 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlencode
 
-from watchdog.incidents.model import Incident
 from watchdog.status.model import ReloadStatus, StatusSnapshot
+
+if TYPE_CHECKING:  # imported where used: `watchdogctl status` has no use for the incident models
+    from watchdog.incidents.model import Incident
 
 SOCKET_ENV = "INFERENCE_WATCHDOG_SOCKET"
 
@@ -50,9 +52,13 @@ class ControlClient:
         if since:
             params["since"] = since
         data = self._json("GET", "/incidents", params=params)
+        from watchdog.incidents.model import Incident
+
         return [Incident.model_validate(item) for item in data.get("incidents", [])]
 
     def incident(self, incident_id: int) -> Incident:
+        from watchdog.incidents.model import Incident
+
         return Incident.model_validate(self._json("GET", f"/incidents/{int(incident_id)}"))
 
     def trace(self, incident_id: int, out: BinaryIO) -> int:

@@ -12,10 +12,11 @@ The kinds live in their own modules (``ollama``, ``vllm``, ``llamacpp``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -139,6 +140,7 @@ class ServerAdapter(ABC):
         self.max_body_bytes = max_body_bytes
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._canary_client: httpx.AsyncClient | None = None
         self._api_key: SecretValue | None = None
         self.known = known if known is not None else KnownModels()
         # From the last poll that listed models, or from the state dir (an earlier run).
@@ -158,10 +160,25 @@ class ServerAdapter(ABC):
         return self._api_key
 
     def client(self) -> httpx.AsyncClient:
-        """The shared client for status requests (canaries use their own)."""
+        """The shared client for status requests (canaries have their own pool: a canary stuck
+        on a hung server must not hold the connection a status poll needs)."""
         if self._client is None:
             self._client = self.new_client(connect_timeout=min(3.0, self.target.request_timeout))
         return self._client
+
+    def canary_client(self, *, connect_timeout: float) -> httpx.AsyncClient:
+        """The client canaries reuse, one per target: building a client per canary cost a third
+        of the daemon's busy time (issue 15). Rebuilt if the connect deadline changes."""
+        client = self._canary_client
+        if client is None or client.is_closed or client.timeout.connect != connect_timeout:
+            self._canary_client = client = self.new_client(connect_timeout=connect_timeout, read_timeout=None)
+        return client
+
+    @contextlib.asynccontextmanager
+    async def canary_session(self, *, connect_timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+        """The canary client, borrowed for one canary: left open for the next (its connection
+        is closed by the canary itself when it stops reading a stream early)."""
+        yield self.canary_client(connect_timeout=connect_timeout)
 
     def new_client(self, *, connect_timeout: float, read_timeout: float | None = None) -> httpx.AsyncClient:
         return make_client(
@@ -194,9 +211,10 @@ class ServerAdapter(ABC):
         return data
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in (self._client, self._canary_client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._canary_client = None
 
     # --- polling ----------------------------------------------------------------------------
 

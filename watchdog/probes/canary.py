@@ -19,6 +19,7 @@ Three parts, from pure to I/O:
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,10 @@ MAX_STREAM_LINE = 256 * 1024
 MAX_TOKENS_TAIL_S = 2.0
 """After ``max_tokens`` tokens, how long the end of the answer (usage, timings, [DONE]) may take
 before reading stops anyway; a token beyond ``max_tokens`` stops it at once."""
+JITTER = 0.1
+"""Each routine canary waits up to this share of ``interval`` longer, drawn anew every
+time, so the canaries of many targets do not all go out in the same second (issue 15).
+Re-checks after a failure are not delayed."""
 REJECTED_FOR_S = 600.0
 """A model whose canary the server rejects (HTTP 4xx: an embedding model, a typo in
 canary.models) gets no canary for this long, so one bad model does not flood the trace."""
@@ -79,6 +84,7 @@ class CanaryPlanner:
     failures: int = 0
     last_progress: float | None = None
     server_state: str | None = None
+    extra_wait: float = 0.0  # jitter added to ``interval`` (set per canary by the probe)
     _last_counter: float | None = field(default=None, repr=False)
     _own_tokens: int = field(default=0, repr=False)
 
@@ -115,7 +121,7 @@ class CanaryPlanner:
                 return Decision(True, "re-checking after a failed canary", confirm=True)
             return Decision(False, "waiting to re-check a failed canary")
         proof = max(self.last_end, self.last_progress or self.last_end)
-        if now - proof >= self.interval:
+        if now - proof >= self.interval + self.extra_wait:
             return Decision(True, "due")
         if progress_since:
             return Decision(False, "real traffic shows progress")
@@ -238,8 +244,7 @@ async def _stream(
             return _Fail(STALLED, phase="stream", after_tokens=progress.tokens)
         return _Fail(TIMEOUT, phase=phase)
 
-    client = adapter.new_client(connect_timeout=deadlines.connect, read_timeout=None)
-    async with client:
+    async with adapter.canary_session(connect_timeout=deadlines.connect) as client:
         http_request = client.build_request(request.method, request.path, json=request.body)
         phase = "first_token"
         try:
@@ -388,6 +393,7 @@ class CanaryProbe:
         self.last: Canary | None = None
         self.last_skip: str = ""
         self._turn = 0
+        self._rng = random.Random()
         self._request_choice: dict[str | None, int] = {}
         self._rejected_until: dict[str | None, float] = {}
         self._log = LogOnce(f"canary.{adapter.name}")
@@ -437,6 +443,7 @@ class CanaryProbe:
         finally:
             self.planner.in_flight = False
         self.planner.note_result(canary)
+        self.planner.extra_wait = self._rng.uniform(0.0, JITTER * self.settings.interval)
         self.last = canary
         self.last_skip = ""
         self.emit(canary)
