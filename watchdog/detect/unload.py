@@ -178,9 +178,10 @@ class UnloadDetector(TargetDetector):
         cutoff = self.orphan_cutoff
         self.orphans_since = None
         main = self.view.pid
+        serving = self.view.tree_pids  # still the main process's children: they serve it, no orphans
         survivors = {
             pid: mem for pid, mem in self.view.held_by_pid().items()
-            if mem >= _NOISE_MIB and pid != main and self.first_seen.get(pid, t) < cutoff
+            if mem >= _NOISE_MIB and pid != main and pid not in serving and self.first_seen.get(pid, t) < cutoff
         }
         if not survivors:
             return None

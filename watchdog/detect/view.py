@@ -97,6 +97,8 @@ class TargetView:
         self.last_canary: Canary | None = None
         # Main process.
         self.process: ProcessSample | None = None
+        #: The main process's descendants at its last sample (a process probe's ``tree_pids``).
+        self.tree_pids: set[int] = set()
         self.pid: int | None = None
         self.pid_since: float | None = None
         self.pid_served = False
@@ -255,6 +257,8 @@ class TargetView:
 
     def update_process(self, sample: ProcessSample) -> None:
         self.process = sample
+        pids = sample.extra.get("tree_pids")
+        self.tree_pids = {p for p in pids if isinstance(p, int)} if isinstance(pids, list) else set()
         if sample.pid is not None and sample.pid != self.pid:
             if self.pid is not None:
                 self.pid_changed_t = sample.t

@@ -44,6 +44,10 @@ def map_status(status: str) -> str:
     return _STATUS.get(status, "running")
 
 
+#: At most this many descendants are named in a sample (a server has a handful of runners).
+MAX_TREE_PIDS = 256
+
+
 class ProcessProbe:
     """One ``ProcessSample`` per observable target per :meth:`round`."""
 
@@ -134,11 +138,13 @@ class ProcessProbe:
                 rss = main.memory_info().rss
                 cpu = main.cpu_percent(None)
             tree_rss, tree_cpu = rss, cpu
+            tree: list[int] = []
             for child in table.descendants(pid):
                 try:
                     proc, _ = self._process(child, alive)
                     tree_rss += proc.memory_info().rss
                     tree_cpu += proc.cpu_percent(None)  # 0.0 on a child's first look
+                    tree.append(child)
                 except psutil.Error:
                     continue
         except psutil.ZombieProcess:
@@ -149,6 +155,8 @@ class ProcessProbe:
             self._log.problem(f"denied:{name}", f"{name}: no permission to read process {pid}")
             return ProcessSample(t=t, target=name, status="running", pid=pid, extra=extra)
         extra["tree_rss_mib"] = round(tree_rss / MIB, 1)
+        if tree:  # who still serves the main process (a runner is no orphan while it is in here)
+            extra["tree_pids"] = sorted(tree)[:MAX_TREE_PIDS]
         return ProcessSample(
             t=t,
             target=name,
