@@ -60,6 +60,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.infra.http_hold_proxy import HttpHoldProxy
 from tests.infra.llamacpp import LlamaServer, start_llama_server
 from watchdog.config.model import CanarySettings
 from watchdog.control.client import ControlClient, DaemonUnreachable
@@ -212,6 +213,42 @@ class LlamaRig(Rig):
                 {"model": "tiny", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8})
 
     def close(self) -> None:
+        self.server.close()
+
+
+class LlamaGenerationRig(LlamaRig):
+    """A second ``llama-server`` behind a proxy that holds only generation: ``/health`` keeps answering."""
+
+    def __init__(self, work: Path) -> None:
+        (work / "llama-gen").mkdir()
+        self.server = start_llama_server(work / "llama-gen")
+        self.proxy = HttpHoldProxy(self.server.url).start()
+        self.name, self.kind, self.fault = "llama-gen", "llamacpp", "generation held"
+        self.health_url = f"{self.proxy.url}/health"
+        self.health_survives = True
+        restart = self.server.restart
+
+        def restart_and_release(wait: bool = True) -> None:  # what restart.method = "command" runs (act)
+            restart(wait=wait)
+            self.proxy.release()
+
+        self.server.restart = restart_and_release  # type: ignore[method-assign]
+
+    def inject(self) -> None:
+        self.proxy.hold()
+
+    def recover(self) -> None:
+        self.server.restart(wait=True)
+
+    def target(self, mode: str) -> dict[str, Any]:
+        return {**super().target(mode), "url": self.proxy.url}
+
+    def client_call(self) -> tuple[str, dict[str, Any]]:
+        url, body = super().client_call()
+        return url.replace(self.server.url, self.proxy.url), body
+
+    def close(self) -> None:
+        self.proxy.close()
         self.server.close()
 
 
@@ -638,13 +675,19 @@ def main() -> None:
     parser.add_argument("--mode", choices=("observe", "act"), default="observe")
     parser.add_argument("--max-restarts", type=int, default=100,
                         help="act mode: the restart budget per hour (the default 3 would stop acting after 3 faults)")
-    parser.add_argument("--targets", default="llama,ollama,vllm")
+    parser.add_argument("--targets", default="llama,llama-gen,ollama,vllm",
+                        help="any of llama (SIGSTOP), llama-gen (a second llama-server behind a proxy that holds "
+                             "only generation), ollama, vllm (the simulator's hang)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench-recovery.json")
     parser.add_argument("--seed", type=int, default=15)
     args = parser.parse_args()
     if args.mode == "act":  # the daemon's restart ends each fault: nothing is held for the slow alternatives
         args.client_faults = args.docker_faults = 0
     random.seed(args.seed)
+    # SIGINT or SIGTERM (even when started in the background, where SIGINT is ignored): stop
+    # injecting, stop the daemon and the servers, and report what was measured.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = Path(tempfile.mkdtemp(prefix="iw-bench-recovery-"))
     started = now()
     rigs: list[Rig] = []
@@ -654,7 +697,10 @@ def main() -> None:
     try:
         names = args.targets.split(",")
         for gpu, name in enumerate(names):
-            rigs.append(LlamaRig(work) if name == "llama" else SimRig(name, gpu, work))
+            if name in ("llama", "llama-gen"):
+                rigs.append(LlamaRig(work) if name == "llama" else LlamaGenerationRig(work))
+            else:
+                rigs.append(SimRig(name, gpu, work))
         config = write_config(work, rigs, args.mode, args.max_restarts)
         daemon = start_daemon(config, work)
         print(f"daemon ready (mode {args.mode}, defaults); work dir {work}", flush=True)
