@@ -369,6 +369,7 @@ class Fault:
     docker_failed: int = 0
     client_failed: float | None = None
     client_error: str = ""
+    complete: bool = False  # measured to the end (a fault cut short by a stop is left out of the numbers)
     notes: list[str] = field(default_factory=list)
 
     def since_onset(self, t: float | None) -> float | None:
@@ -411,9 +412,13 @@ class FaultRunner(threading.Thread):
         print(line, flush=True)
 
     def healthy_since(self, t0: float) -> float | None:
-        """When a canary that started after ``t0`` passed with nothing raised; None if not (yet)."""
+        """When a canary that started after ``t0`` passed with no hang or down raised; None if not (yet).
+
+        Other findings (a ``failed_unload`` seen at start-up, say) are reported, not waited out.
+        """
         target, at = self.status.target(self.rig.name)
-        if target is None or target.findings or target.last_canary is None or not target.last_canary.ok:
+        if target is None or target.last_canary is None or not target.last_canary.ok \
+                or any(f.finding in CRITICAL for f in target.findings):
             return None
         passed = at - target.last_canary.age_s
         return passed if passed > t0 else None
@@ -490,6 +495,9 @@ class FaultRunner(threading.Thread):
             fault.canary_again = wait_until(lambda: self.healthy_since(fault.released or 0), 300)
         end = fault.released or fault.canary_again or now()
         self.measure(fault, end, client)
+        if act and fault.raised is not None:  # the daemon's own verifying canary may land a moment later
+            wait_until(lambda: self.read_incident(fault, now()) or fault.recovered, 30, interval=1.0)
+        fault.complete = True
         self.say(self.describe(fault))
 
     def measure(self, fault: Fault, end: float, client: ClientCall | None) -> None:
@@ -503,6 +511,10 @@ class FaultRunner(threading.Thread):
             client.join(5)
             fault.client_failed = client.failed_at
             fault.client_error = client.error or ("answered" if client.answered_at else "still waiting")
+        self.read_incident(fault, end)
+
+    def read_incident(self, fault: Fault, end: float) -> None:
+        """The finding's time, the first action and the verified recovery, from ``history``."""
         try:
             incidents = self.control.incidents(since="3h", limit=200, timeline=True)
         except (DaemonUnreachable, httpx.HTTPError) as exc:
@@ -563,7 +575,7 @@ def stats(values: list[float]) -> dict[str, Any]:
 def summarise(runners: list[FaultRunner], mode: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for runner in runners:
-        faults = runner.faults
+        faults = [f for f in runner.faults if f.complete]
         n = len(faults)
 
         def delays(attr: str, among: list[Fault] | None = None, faults: list[Fault] = faults) -> list[float]:
@@ -574,9 +586,10 @@ def summarise(runners: list[FaultRunner], mode: str) -> dict[str, Any]:
                                "health_answers_during_hang": runner.rig.health_survives}
         row["watchdog_raised"] = stats(delays("raised"))
         row["watchdog_findings"] = sorted({f"{f.finding}/{f.rule}" for f in faults if f.finding})
-        if mode == "act":
+        if mode == "act":  # recovered: the daemon's verifying canary (recovered_after_s), else the status's
             row["watchdog_action_started"] = stats(delays("action_started"))
-            row["watchdog_recovered"] = stats(delays("canary_again"))
+            row["watchdog_recovered"] = stats([v for f in faults if (v := f.since_onset(f.recovered or f.canary_again))
+                                               is not None])
         else:
             row["bench_recovery_to_canary"] = stats([f.canary_again - f.released for f in faults
                                                      if f.canary_again and f.released])
@@ -621,7 +634,9 @@ def table(summary: dict[str, Any], mode: str) -> str:
             lines.append(f"| | (observe) bench's recovery → daemon's canary passes | {s['n']}/{row['faults']} | "
                          f"{fmt(s['median'])} | {fmt(s['p95'])} | {fmt(s['max'])} |")
         k = row["k8s"]
-        if k["fired"] == 0 and k["faults_with_3_probes"]:
+        if mode == "act" and not k["faults_with_3_probes"]:
+            lines.append("| | k8s liveness (10 s/1 s/3) | not reached: the watchdog's restart came first | - | - | - |")
+        elif k["fired"] == 0 and k["faults_with_3_probes"]:
             lines.append(f"| | k8s liveness (10 s/1 s/3) | never (0/{k['faults_with_3_probes']}; "
                          f"{k['probes_failed']}/{k['probes']} probes failed) | never | never | never |")
         else:
