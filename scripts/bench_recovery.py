@@ -89,6 +89,8 @@ class Probe:
 class ProbeLoop(threading.Thread):
     """One alternative's probe loop against one URL; records every probe and every time it fires."""
 
+    threshold = 3
+
     def __init__(self, name: str, url: str, stop: threading.Event) -> None:
         super().__init__(name=name, daemon=True)
         self.url = url
@@ -109,11 +111,26 @@ class ProbeLoop(threading.Thread):
         return [p for p in self.probes if t0 <= p.start <= t1]
 
     def fired_between(self, t0: float, t1: float) -> float | None:
-        return next((t for t in self.fires if t0 <= t <= t1), None)
+        """When this fault alone made it fire: the end of the ``threshold``-th failure in a row
+        among the probes started from ``t0`` (less a second, for one in flight at the onset).
+
+        Failures left over from a previous fault (back-to-back faults, no passing probe
+        between them) are not counted: each fault is judged as if it came on its own.
+        """
+        streak = 0
+        for probe in self.probes:
+            if probe.start < t0 - 1.0 or probe.start > t1:
+                continue
+            streak = 0 if probe.ok else streak + 1
+            if streak >= self.threshold and probe.end <= t1:
+                return probe.end
+        return None
 
 
 class KubeletProbe(ProbeLoop):
     """httpGet liveness probe: a fixed 10 s ticker, 1 s timeout, 200-399 passes, 3 failures fire."""
+
+    threshold = int(K8S["threshold"])
 
     def run(self) -> None:
         with httpx.Client(timeout=K8S["timeout"]) as client:
@@ -135,6 +152,8 @@ class KubeletProbe(ProbeLoop):
 
 class DockerHealthcheck(ProbeLoop):
     """``HEALTHCHECK CMD curl -f URL || exit 1``: the interval starts when the previous check ends."""
+
+    threshold = int(DOCKER["retries"])
 
     def run(self) -> None:
         while not self.stop_event.wait(DOCKER["interval"]):
@@ -749,6 +768,10 @@ def main() -> None:
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "alternatives": {"k8s": K8S, "docker": DOCKER, "client": CLIENT},
         "summary": summary,
+        "probes": {f"{kind}:{r.rig.name}": [[round(p.start - started, 2), round(p.end - started, 2), p.ok]
+                                             for p in loop.probes]
+                   for r in runners for kind, loop in (("k8s", r.k8s), ("docker", r.docker))},
+        "started": started,
         "faults": [{**asdict(f), **{f"{k}_s": f.since_onset(getattr(f, k)) for k in (
             "raised", "action_started", "released", "canary_again", "k8s_fired", "docker_fired", "client_failed",
             "recovered")}} for r in runners for f in r.faults],
