@@ -117,6 +117,13 @@ class MiniDaemon:
     async def reload(self) -> ReloadStatus:
         return self.reload_result
 
+    async def alert_test(self, sink: str | None, timeout: float) -> list[dict[str, Any]]:
+        """Canned: one sink "ops" that delivers (the notifier's own tests send for real)."""
+        if sink not in (None, "ops"):
+            raise KeyError(f"no alert sink named {sink!r} (sinks: ops)")
+        return [{"sink": "ops", "kind": "webhook", "delivered": True, "attempts": 1, "error": None,
+                 "timeout": timeout}]
+
     def allow_wedge(self) -> bool:
         return self.wedge_allowed
 

@@ -290,6 +290,26 @@ async def test_ollama_canary_never_loads_a_model(sim_factory: Any) -> None:  # n
         await probes.close()
 
 
+async def test_ollama_canary_never_reloads_a_model_unloaded_since_the_last_poll(sim_factory: Any) -> None:  # noqa: F811
+    """The canary is chosen from a poll up to an interval old; a model unloaded meanwhile (the
+    operator's keep_alive 0, an expiry) must not be loaded again by it (seen in the demo under load:
+    the canary's request reloaded the model and the failed unload it should show was hidden)."""
+    sim = sim_factory("ollama", *FAST)
+    load_ollama_model(sim)
+    probes = Probes(sim)
+    try:
+        poll = await probes.poll()
+        assert [m.name for m in poll.models] == [sim.model]
+        httpx.post(f"{sim.url}/api/generate", json={"model": sim.model, "keep_alive": 0},
+                   timeout=10).raise_for_status()
+        wait_for(lambda: _ps(sim) == [], 5, "the model to leave /api/ps")
+        assert await probes.canary.round(force=True) is None  # chosen from the old poll, then checked
+        assert probes.canary.last_skip == f"{sim.model} was unloaded since the last poll"
+        assert _ps(sim) == []
+    finally:
+        await probes.close()
+
+
 async def test_ollama_unload(sim_factory: Any) -> None:  # noqa: F811
     sim = start(sim_factory, "ollama")
     probes = Probes(sim)

@@ -112,6 +112,19 @@ def test_a_failing_provider_gives_a_json_500_and_the_daemon_goes_on(daemon):
     assert client_for(daemon).status().state == "ok"
 
 
+def test_alert_test_over_the_socket_checks_its_input(daemon):
+    client = client_for(daemon)
+    (result,) = client.alert_test(None, 7.5)
+    assert result["delivered"] and result["sink"] == "ops" and result["timeout"] == 7.5
+    with pytest.raises(ControlError) as unknown:
+        client.alert_test("nope", 5)
+    assert unknown.value.status == 404 and "no alert sink named 'nope'" in unknown.value.message
+    for body in ({"timeout": 0}, {"timeout": "soon"}, {"timeout": 10_000}, {"sink": 3}, ["ops"]):
+        with pytest.raises(ControlError) as bad:
+            client._json("POST", "/alerts/test", json=body)
+        assert bad.value.status == 400, body
+
+
 def test_wedge_is_refused_unless_allowed(daemon):
     with pytest.raises(ControlError) as refused:
         client_for(daemon).wedge(1)

@@ -368,3 +368,83 @@ def test_a_long_running_daemon_forgets_old_incidents_too(tmp_path):
     m.tick(91 * 86400.0)  # the same daemon, three months later
     assert m.get(old.id) is None
     m.stop()
+
+
+# --- flapping: raise, clear, raise within flap_window reopens the same incident ----------------
+
+
+def test_a_target_that_raises_again_within_the_flap_window_reopens_its_incident(tmp_path):
+    m = manager(tmp_path, flap_window=300.0)
+    m.start(0.0)
+    context = records_between(0.0, 100.0)
+    first = m.handle([raised(100.0, "ollama", "hang", "no tokens for 42 s")], context)[0].incident
+    assert m.handle([cleared(130.0, "ollama", "hang")], [])[0].kind == "closed"
+
+    events = m.handle([raised(200.0, "ollama", "hang", "no tokens for 40 s")], [])
+    # Two "updated" events (the reopen note, then the finding), never an "opened": nothing pages again.
+    assert [e.kind for e in events] == ["updated", "updated"]
+    note, again = events
+    assert note.change.kind == "note" and note.change.evidence["reopened"] is True
+    assert note.change.evidence["flaps"] == 1 and note.change.evidence["closed_for_s"] == 70.0
+    assert again.change.kind == "raised" and again.change.finding == "hang"
+    incident = again.incident
+    assert incident.id == first.id and incident.state == "open" and incident.closed_at is None
+    assert incident.flaps == 1
+    # A second flap: the same incident again, counted.
+    m.handle([cleared(230.0, "ollama", "hang")], [])
+    incident = m.handle([raised(260.0, "ollama", "hang")], [])[-1].incident
+    assert incident.id == first.id and incident.flaps == 2
+    # The store holds it, flaps and all (history --json shows them).
+    stored = m.store.get(first.id)
+    assert stored.flaps == 2 and stored.state == "open"
+    assert sum(1 for e in stored.timeline if e.evidence.get("reopened")) == 2
+    assert m.store.max_id() == first.id
+    # Its recording goes on in the same file.
+    m.record(records_between(261.0, 262.0))
+    assert read_trace(m.state_dir / incident.recording.file).problems == []
+    m.stop()
+
+
+def test_a_raise_after_the_flap_window_opens_a_new_incident(tmp_path):
+    m = manager(tmp_path, flap_window=60.0)
+    m.start(0.0)
+    first = m.handle([raised(100.0, "ollama", "hang")], records_between(0.0, 100.0))[0].incident
+    m.handle([cleared(130.0, "ollama", "hang")], [])
+    events = m.handle([raised(191.0, "ollama", "hang")], [])
+    assert [e.kind for e in events] == ["opened"] and events[0].incident.id == first.id + 1
+    assert events[0].incident.flaps == 0
+    m.stop()
+
+
+def test_without_a_flap_window_every_raise_after_a_close_is_a_new_incident(tmp_path):
+    m = manager(tmp_path)  # flap_window = 0
+    m.start(0.0)
+    m.handle([raised(100.0, "ollama", "hang")], records_between(0.0, 100.0))
+    m.handle([cleared(110.0, "ollama", "hang")], [])
+    assert [e.kind for e in m.handle([raised(120.0, "ollama", "hang")], [])] == ["opened"]
+    m.stop()
+
+
+def test_a_flap_across_a_daemon_restart_reopens_the_stored_incident(tmp_path):
+    m = manager(tmp_path, flap_window=300.0)
+    m.start(0.0)
+    first = m.handle([raised(100.0, "ollama", "hang")], records_between(0.0, 100.0))[0].incident
+    m.handle([cleared(130.0, "ollama", "hang")], [])
+    m.stop()
+    # A new run, 60 s of wall time later (its clock starts at 0 again).
+    again = manager(tmp_path, wall_start=WALL + 190.0, flap_window=300.0)
+    again.start(0.0)
+    events = again.handle([raised(10.0, "ollama", "hang")], [])
+    assert [e.kind for e in events] == ["updated", "updated"]
+    assert events[-1].incident.id == first.id and events[-1].incident.flaps == 1
+    again.stop()
+
+
+def test_a_different_finding_soon_after_is_a_new_incident_not_a_flap(tmp_path):
+    m = manager(tmp_path, flap_window=300.0)
+    m.start(0.0)
+    first = m.handle([raised(100.0, "ollama", "hang")], records_between(0.0, 100.0))[0].incident
+    m.handle([cleared(130.0, "ollama", "hang")], [])
+    events = m.handle([raised(140.0, "ollama", "failed_unload")], [])
+    assert [e.kind for e in events] == ["opened"] and events[0].incident.id == first.id + 1
+    m.stop()

@@ -51,6 +51,27 @@ def test_a_migration_keeps_the_data_and_backs_up_the_old_database_first(tmp_path
     old.close()
 
 
+def test_a_version_1_database_gains_actions_and_recovery_time(tmp_path):
+    """The Act issue's migration on a database written before it: data kept, new columns empty."""
+    path = tmp_path / "state.db"
+    with IncidentStore(path, migrations=MIGRATIONS[:1]) as store:
+        store._conn.execute(
+            "INSERT INTO incidents (id, target, state, severity, title, opened_at) VALUES (1, 'x', 'open', 'warning', 't', 1)"
+        )
+    with IncidentStore(path) as store:
+        incident = store.get(1)
+        assert incident.target == "x" and incident.actions == [] and incident.recovered_after_s is None
+        store._conn.execute(
+            "INSERT INTO actions (target, incident_id, action, method, result, started, finished, detail)"
+            " VALUES ('x', 1, 'restart', 'docker', 'ok', 10, 12, 'container x restarted')"
+        )
+        store._conn.execute("UPDATE incidents SET recovered_after_s = 42.5 WHERE id = 1")
+        incident = store.get(1)
+        assert [(a.action, a.method, a.result) for a in incident.actions] == [("restart", "docker", "ok")]
+        assert incident.recovered_after_s == 42.5
+        assert incident.to_json()["actions"][0]["detail"] == "container x restarted"
+
+
 def test_a_failing_migration_leaves_the_old_schema_intact(tmp_path):
     path = tmp_path / "state.db"
     IncidentStore(path).close()

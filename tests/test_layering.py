@@ -90,6 +90,11 @@ def test_only_the_cli_and_commands_import_the_daemon() -> None:
     assert _importers_of("watchdog.daemon", ("watchdog.cli", "watchdog.commands")) == []
 
 
+@pytest.mark.parametrize("forbidden", ["watchdog.daemon", "watchdog.probes", "watchdog.commands", "watchdog.sim"])
+def test_notify_is_a_listener_that_never_reaches_into_the_daemon(forbidden: str) -> None:
+    assert _offences(("watchdog.notify",), (forbidden,)) == []
+
+
 def test_the_rules_can_fail() -> None:
     """The checks above see a violation when there is one (the daemon imports probes and sim)."""
     assert _offences(("watchdog.daemon",), ("watchdog.probes",)) != []

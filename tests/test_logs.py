@@ -43,10 +43,12 @@ def test_a_recurring_problem_is_logged_once_and_its_end_once() -> None:
 
 
 async def test_apschedulers_own_warnings_go_through_our_logging_once_and_masked() -> None:
-    """APScheduler logs through the standard library; its "skipped" warning used to reach stderr raw."""
+    """APScheduler logs through the standard library; its "skipped" warning used to reach stderr raw,
+    once per interval for as long as a probe of a hung server waited out its deadline."""
     import asyncio
     import time
 
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
     out = io.StringIO()
@@ -59,12 +61,14 @@ async def test_apschedulers_own_warnings_go_through_our_logging_once_and_masked(
     async def busy() -> None:
         await release.wait()
 
+    skipped = []
+    scheduler.add_listener(skipped.append, EVENT_JOB_MAX_INSTANCES)
     scheduler.add_job(busy, "interval", seconds=0.2, id="job", name="poll s3cr3t-job-name")
     scheduler.start()
     try:
         deadline = time.monotonic() + 30
-        while "maximum number of running instances" not in out.getvalue():
-            assert time.monotonic() < deadline, f"no skipped-job warning in: {out.getvalue()!r}"
+        while len(skipped) < 3:  # the job stays stuck for several intervals, as a hung server's poll does
+            assert time.monotonic() < deadline, f"only {len(skipped)} skipped run(s): {out.getvalue()!r}"
             await asyncio.sleep(0.05)
     finally:
         release.set()
@@ -75,4 +79,4 @@ async def test_apschedulers_own_warnings_go_through_our_logging_once_and_masked(
     first = lines[0]
     assert first["level"] == "WARNING" and first["component"].startswith("apscheduler")
     assert "s3cr3t-job-name" not in out.getvalue()
-    assert len({(line["ts"], line["msg"]) for line in lines}) == len(lines)  # no line written twice
+    assert len(lines) == 1  # written once, however often the job was skipped meanwhile

@@ -227,3 +227,25 @@ def test_the_documented_json_schema_is_current():
 )
 def test_exit_codes(findings, code):
     assert exit_code_for(build(findings=findings)) == code
+
+
+def test_alert_sinks_show_their_health_and_outbox_depth_never_a_secret():
+    from watchdog.status.model import AlertSinkStatus
+
+    secret = "https://hooks.slack.com/services/T0/B0/abcdefSECRET"
+    sinks = [
+        AlertSinkStatus(name="ops-slack", kind="slack", state="failing", pending=3, delivered=12, dropped=1,
+                        last_error=f"HTTP 404 from {secret}"),
+        AlertSinkStatus(name="ops-mail", kind="email", state="ok", pending=0, delivered=4,
+                        last_delivered_at=datetime.fromtimestamp(WALL + 90, tz=timezone.utc)),
+    ]
+    snap = build_status(header=HEADER, polls={}, canaries={}, gpu_samples={}, now=100.0, wall_start=WALL,
+                        alerts=sinks, redactor=Redactor([secret]))
+    assert [a.pending for a in snap.alerts] == [3, 0]
+    assert secret not in snap.model_dump_json()
+    out = io.StringIO()
+    render_status(snap, Console(file=out, width=250, color_system=None))
+    text = out.getvalue()
+    assert secret not in text
+    for expected in ("Alerts", "ops-slack", "slack", "failing", "3", "12", "HTTP 404 from ***", "ops-mail", "ok"):
+        assert expected in text, expected

@@ -318,6 +318,100 @@ def reload_command(obj: Context, socket_path: str | None) -> None:
     sys.exit(EXIT_OK if result.ok else EXIT_FAILURE)
 
 
+@cli.group("alert")
+def alert_group() -> None:
+    """Alert sinks ([[alerts]]): test them through the running daemon."""
+
+
+@alert_group.command("test")
+@click.argument("sink", required=False)
+@click.option("--timeout", type=click.FloatRange(1, 300), default=20.0, show_default=True,
+              help="Seconds to wait for each sink to deliver (retries included).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@_socket_option
+@pass_ctx
+def alert_test_command(obj: Context, sink: str | None, timeout: float, as_json: bool,
+                       socket_path: str | None) -> None:
+    """Send a test alert to SINK (or every sink) through the daemon's real path; print delivery per sink.
+
+    Exit codes: 0 every sink delivered; 1 some did not (or no such sink); 3 unreachable.
+    """
+    from rich.console import Console
+
+    from watchdog.commands.alert import EXIT_FAILED, render
+    from watchdog.control.client import ControlError, DaemonUnreachable
+
+    client = _control_client(obj, socket_path)
+    try:
+        results = client.alert_test(sink, timeout)
+    except ControlError as exc:
+        if exc.status == 404:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        _unreachable(exc)
+    except DaemonUnreachable as exc:
+        _unreachable(exc)
+    sys.exit(render(results, Console(), as_json))
+@cli.command("restart")
+@click.argument("target")
+@_socket_option
+@pass_ctx
+def restart_command(obj: Context, target: str, socket_path: str | None) -> None:
+    """Restart TARGET now, through the same policy, budget and records as the watchdog's own actions.
+
+    Refused while a model loads or a prefill runs, while the target is paused, or
+    when the restart budget is spent. Exit codes: 0 restarted and verified by a
+    canary; 1 failed or not verified; 2 refused; 3 the daemon is unreachable.
+    """
+    from watchdog.commands.act import run_action
+
+    sys.exit(run_action(_control_client(obj, socket_path), "restart", target))
+
+
+@cli.command("unload")
+@click.argument("target")
+@click.argument("model", required=False)
+@_socket_option
+@pass_ctx
+def unload_command(obj: Context, target: str, model: str | None, socket_path: str | None) -> None:
+    """Force MODEL (default: every loaded model) out of TARGET's memory; check the GPU memory came back."""
+    from watchdog.commands.act import run_action
+
+    sys.exit(run_action(_control_client(obj, socket_path), "unload", target, model=model))
+
+
+@cli.command("pause")
+@click.argument("target")
+@click.option("--for", "duration", metavar="DURATION", default=None, help='e.g. "1h" (default: until resumed).')
+@_socket_option
+@pass_ctx
+def pause_command(obj: Context, target: str, duration: str | None, socket_path: str | None) -> None:
+    """Stop acting on TARGET (it is still watched), until `watchdogctl resume` or for a while."""
+    from watchdog.commands.act import run_action
+    from watchdog.config.durations import parse_duration
+
+    seconds = None
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--for") from None
+        if seconds <= 0:
+            raise click.BadParameter("expected a duration above zero", param_hint="--for")
+    sys.exit(run_action(_control_client(obj, socket_path), "pause", target, seconds=seconds))
+
+
+@cli.command("resume")
+@click.argument("target")
+@_socket_option
+@pass_ctx
+def resume_command(obj: Context, target: str, socket_path: str | None) -> None:
+    """Act on TARGET again after a pause or after the watchdog gave up; the restart budget starts afresh."""
+    from watchdog.commands.act import run_action
+
+    sys.exit(run_action(_control_client(obj, socket_path), "resume", target))
+
+
 @cli.command("demo")
 @click.option("--keep", is_flag=True, help="Keep the work directory (daemon log, incidents, recordings).")
 @pass_ctx

@@ -9,14 +9,17 @@ close. Listeners import this module, never ``watchdog.daemon``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from watchdog.config.model import Config
+    from watchdog.detect.finding import Finding
+    from watchdog.detect.view import TargetView
     from watchdog.incidents import Incidents
     from watchdog.probes.attribution import Attributor
     from watchdog.status import LatestRecords, StatusSnapshot
+    from watchdog.status.model import ActionStatus, AlertSinkStatus
     from watchdog.trace.records import Canary, Header, Record
 
 
@@ -45,7 +48,14 @@ class Hub(Protocol):
       the target is unknown or no model can be asked);
     - ``status()``: the status snapshot, as ``watchdogctl status`` shows it;
     - ``config`` and ``header``: the running config and trace header (both change on reload);
-    - ``acts``: set by the act listener while it carries out actions (status shows the mode).
+    - ``acts``: set by the act listener while it carries out actions (status shows the mode);
+    - ``alerts``: set by the notify listener while it runs (status shows its sinks; the
+      control socket's ``alert test`` goes through it);
+    - ``action_status``: set by the act listener: per target its state, pause and restart
+      budget, for status;
+    - ``target_view(target)`` and ``active_findings()``: what the detectors see now (the act
+      listener never restarts a server that is loading, prefilling or idle with a model held);
+    - ``canary_in_flight(target)``: whether a canary to it is on its way now.
     """
 
     @property
@@ -58,6 +68,14 @@ class Hub(Protocol):
     latest: LatestRecords
     clock: Callable[[], float]
     acts: bool  # the act listener sets it while it acts; until then status says "observe"
+    alerts: Alerts | None  # the notify listener sets it while it runs
+    action_status: Callable[[], Awaitable[Mapping[str, ActionStatus]]] | None
+
+    def target_view(self, target: str) -> TargetView | None: ...
+
+    def active_findings(self) -> list[Finding]: ...
+
+    def canary_in_flight(self, target: str) -> bool: ...
 
     def emit(self, record: Record) -> None: ...
 
@@ -66,6 +84,18 @@ class Hub(Protocol):
     def canary_now(self, target: str) -> Awaitable[Canary | None]: ...
 
     def status(self) -> Awaitable[StatusSnapshot]: ...
+
+
+class Alerts(Protocol):
+    """What the notify listener offers the daemon: its sinks' health, and a test alert."""
+
+    def sink_status(self) -> list[AlertSinkStatus]: ...
+
+    async def test(self, sink: str | None, timeout: float) -> Sequence[TestResultLike]: ...
+
+
+class TestResultLike(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
 
 
 ListenerFactory = Callable[["Hub"], "Component"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
+import time
 from datetime import timezone
 from typing import Any, Literal, TextIO
 
@@ -73,11 +75,46 @@ def setup_logging(fmt: LogFormat = "auto", level: str = "INFO", stream: TextIO |
     intercept_stdlib_logging()
 
 
+_DIGITS = re.compile(r"\d+")
+
+
 class InterceptHandler(logging.Handler):
     """Hands the standard library's log records (APScheduler, httpx, aiohttp...) to loguru,
-    so they get our format, our sinks and secret masking instead of raw stderr lines."""
+    so they get our format, our sinks and secret masking instead of raw stderr lines.
+
+    A library message that repeats, numbers and times aside, (APScheduler's "skipped: maximum number of
+    running instances reached" every interval while a probe of a hung server waits out its
+    deadline) is written once per ``repeat_after`` seconds, with how often it came meanwhile.
+    """
+
+    def __init__(self, repeat_after: float = 600.0) -> None:
+        super().__init__()
+        self.repeat_after = repeat_after
+        self._seen: dict[str, tuple[float, int]] = {}  # message -> (when written, repeats since)
+        self._seen_lock = threading.Lock()
+
+    def _repeats(self, message: str) -> int | None:
+        """None if this message was written recently (drop it); else how often it was dropped."""
+        now = time.monotonic()
+        message = _DIGITS.sub("#", message)  # "next run at: 12:00:01", counts: the same message
+        with self._seen_lock:
+            written = self._seen.get(message)
+            if written is not None and now - written[0] < self.repeat_after:
+                self._seen[message] = (written[0], written[1] + 1)
+                return None
+            if len(self._seen) > 1000:  # bounded: forget the oldest
+                for key in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                    del self._seen[key]
+            self._seen[message] = (now, 0)
+            return written[1] if written is not None else 0
 
     def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        repeats = self._repeats(message) if record.exc_info is None else 0
+        if repeats is None:
+            return
+        if repeats:
+            message += f" (and {repeats} more time(s) in the last {self.repeat_after:.0f} s, not logged)"
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
@@ -85,8 +122,7 @@ class InterceptHandler(logging.Handler):
         frame, depth = logging.currentframe(), 2
         while frame is not None and frame.f_code.co_filename == logging.__file__:
             frame, depth = frame.f_back, depth + 1
-        logger.bind(component=record.name).opt(depth=depth, exception=record.exc_info).log(
-            level, record.getMessage())
+        logger.bind(component=record.name).opt(depth=depth, exception=record.exc_info).log(level, message)
 
 
 def intercept_stdlib_logging(level: int = logging.WARNING) -> None:

@@ -114,6 +114,7 @@ class WatchdogSettings(Section):
     process_interval: Positive = 5.0
     recorder_window: Positive = 900.0
     incident_context: Duration = 300.0
+    flap_window: Duration = 300.0
 
     @model_validator(mode="after")
     def _sim_needs_dir(self) -> "WatchdogSettings":
@@ -147,12 +148,75 @@ class CanarySettings(Section):
         return self
 
 
+Mode = Literal["act", "dry-run", "observe"]
+#: What a rung of an escalation ladder may say (see watchdog/act/policy.py).
+LADDER_STEPS = ("restart", "unload", "kill_orphans", "drain", "give_up")
+#: The default ladders: the smallest action first, a restart only where it is what fixes it.
+DEFAULT_LADDERS: dict[str, list[str]] = {
+    "hang": ["restart", "restart", "give_up"],
+    "down": ["restart", "give_up"],
+    "failed_unload": ["unload", "kill_orphans", "restart", "give_up"],
+    "memory_growth": ["drain", "restart", "give_up"],
+    "fragmentation": ["drain", "restart", "give_up"],
+    "degraded": ["drain", "restart", "give_up"],
+    "oom": [],
+    "gpu_fault": [],
+}
+
+
+def _ladders(value: object) -> object:
+    if not isinstance(value, dict):
+        return value
+    for finding, steps in value.items():
+        if finding not in FINDINGS:
+            raise PydanticCustomError(
+                "ladder", "unknown finding {got} (expected one of {known})",
+                {"got": repr(finding), "known": ", ".join(FINDINGS)},
+            )
+        if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+            raise PydanticCustomError("ladder", "the ladder for {f} must be a list of steps", {"f": finding})
+        for step in steps:
+            if step not in LADDER_STEPS:
+                raise PydanticCustomError(
+                    "ladder", "unknown step {got} in the ladder for {f} (expected one of {known})",
+                    {"got": repr(step), "f": finding, "known": ", ".join(LADDER_STEPS)},
+                )
+        if "give_up" in steps[:-1]:
+            raise PydanticCustomError("ladder", "give_up can only be the last step (ladder for {f})", {"f": finding})
+        if steps and steps[0] != "drain" and "drain" in steps:
+            raise PydanticCustomError("ladder", "drain can only be the first step (ladder for {f})", {"f": finding})
+    return value
+
+
+Ladders = Annotated[dict[str, list[str]], BeforeValidator(_ladders)]
+_WINDOW = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+def _window(value: object) -> object:
+    if value == "" or (isinstance(value, str) and _WINDOW.match(value)):
+        return value
+    raise PydanticCustomError(
+        "window", 'expected a daily window in UTC like "02:00-04:00" (or "" for any time), got {got}',
+        {"got": repr(value)},
+    )
+
+
+MaintenanceWindow = Annotated[str, BeforeValidator(_window)]
+
+
 class RestartSettings(Section):
-    """How the watchdog may restart a server (used by the policy when it acts)."""
+    """How the watchdog may restart this server, and per-target overrides of [policy]."""
 
     method: Literal["auto", "docker", "systemd", "command", "none"] = "auto"
     command: list[str] = Field(default_factory=list)
     timeout: Positive = 120.0
+    #: Docker: seconds between SIGTERM and SIGKILL when stopping the container.
+    stop_timeout: Positive = 10.0
+    mode: Mode | None = None
+    max_restarts: int | None = Field(default=None, ge=0)
+    restart_window: Positive | None = None
+    grace: Positive | None = None
+    ladders: Ladders = Field(default_factory=dict)
 
 
 class DetectSettings(Section):
@@ -275,6 +339,8 @@ class TargetSettings(Section):
     @model_validator(mode="after")
     def _restartable(self, info: ValidationInfo) -> "TargetSettings":
         restarts_enabled = bool((info.context or {}).get("restarts_enabled", True))
+        if self.restart.mode is not None:
+            restarts_enabled = self.restart.mode != "observe"
         if self.restart.method == "command" and not self.restart.command:
             raise PydanticCustomError(
                 "restart", 'restart.method = "command" needs restart.command (a list of words)'
@@ -313,15 +379,48 @@ class TargetSettings(Section):
 class PolicySettings(Section):
     """When to act, and how much, before handing over to a human."""
 
-    mode: Literal["act", "observe"] = "observe"  # "observe" until actions land
+    mode: Mode = "act"
     max_restarts: int = Field(default=3, ge=0)
     restart_window: Positive = 3600.0
     cooldown: Duration = 120.0
+    #: After an action: time the server gets to come back (load its model) before it is judged.
+    grace: Positive = 120.0
+    #: Non-urgent findings wait for no running requests, at most this long.
+    drain_timeout: Positive = 600.0
+    #: Non-urgent findings are acted on only inside this daily UTC window ("" = any time).
+    maintenance_window: MaintenanceWindow = ""
+    #: A kill: SIGTERM, then SIGKILL after this long.
+    kill_grace: Positive = 10.0
+    #: A forced unload: how long the request and the memory's return may take.
+    unload_timeout: Positive = 30.0
+    ladders: Ladders = Field(default_factory=dict)
+
+    def ladder(self, finding: str) -> list[str]:
+        """The ladder for a finding: the configured one, else the default."""
+        return list(self.ladders.get(finding, DEFAULT_LADDERS.get(finding, [])))
 
 
 class _AlertBase(Section):
+    """What every sink has: a name, the least severity it hears about, limits and reminders."""
+
     name: str
     min_severity: Literal["warning", "critical"] = "warning"
+    rate_limit: int = Field(default=20, ge=0)
+    rate_window: Positive = 3600.0
+    remind_every: Duration = 14400.0
+    expire_after: Positive = 86400.0
+    timeout: Positive = 10.0
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise PydanticCustomError(
+                "alert_name",
+                "expected a name of letters, digits, '.', '_' or '-' (at most 63), got {got}",
+                {"got": repr(value)},
+            )
+        return value
 
 
 class SlackAlert(_AlertBase):
@@ -333,20 +432,50 @@ class WebhookAlert(_AlertBase):
     kind: Literal["webhook"]
     url: Secret
     headers: dict[str, Secret] = Field(default_factory=dict)
+    format: Literal["json", "discord", "ntfy", "pagerduty"] = "json"
+    signing_secret: Secret | None = None
+    routing_key: Secret | None = None
+
+    @model_validator(mode="after")
+    def _pagerduty_key(self) -> "WebhookAlert":
+        if self.format == "pagerduty" and self.routing_key is None:
+            raise PydanticCustomError(
+                "routing_key", 'format = "pagerduty" needs routing_key (the integration key, as "env:NAME")'
+            )
+        return self
 
 
 class EmailAlert(_AlertBase):
     kind: Literal["email"]
     smtp_host: str
     smtp_port: int = Field(default=587, ge=1, le=65535)
-    starttls: bool = True
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    ca_file: str = ""
     username: str = ""
     password: Secret | None = None
     sender: str
     recipients: list[str] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _auth_pair(self) -> "EmailAlert":
+        if bool(self.username) != (self.password is not None):
+            raise PydanticCustomError("smtp_auth", "username and password go together (both, or neither)")
+        for address in (self.sender, *self.recipients):
+            if "@" not in address or any(c in address for c in "\r\n<>"):
+                raise PydanticCustomError(
+                    "email_address", "expected a plain address like ops@example.com, got {got}", {"got": repr(address)}
+                )
+        return self
 
-AlertSink = Annotated[Union[SlackAlert, WebhookAlert, EmailAlert], Field(discriminator="kind")]
+
+class AppriseAlert(_AlertBase):
+    """Any service Apprise knows (needs the [apprise] extra); the URLs hold tokens, so they are secrets."""
+
+    kind: Literal["apprise"]
+    urls: list[Secret] = Field(min_length=1)
+
+
+AlertSink = Annotated[Union[SlackAlert, WebhookAlert, EmailAlert, AppriseAlert], Field(discriminator="kind")]
 
 
 class PrometheusSettings(Section):

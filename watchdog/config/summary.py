@@ -9,14 +9,19 @@ from watchdog.config.model import Config, TargetSettings
 def describe_config(config: Config) -> list[str]:
     lines = []
     policy = config.policy
-    if policy.mode == "act":
+    if policy.mode in ("act", "dry-run"):
+        how = "act" if policy.mode == "act" else "dry-run (decide and record 'would', never act)"
+        window = f" in {policy.maintenance_window} UTC" if policy.maintenance_window else ""
         lines.append(
-            f"policy: act (at most {policy.max_restarts} restart(s) per target per "
-            f"{d(policy.restart_window)}, cooldown {d(policy.cooldown)}); this version does not "
-            "act yet: it observes"
+            f"policy: {how}; at most {policy.max_restarts} restart(s) per target per "
+            f"{d(policy.restart_window)}, then pause and hand over; grace {d(policy.grace)}, "
+            f"cooldown {d(policy.cooldown)}; non-urgent findings after a drain{window}"
         )
     else:
         lines.append("policy: observe (detect and alert, never act)")
+    overrides = [f"{t.name}: {t.restart.mode}" for t in config.targets if t.restart.mode not in (None, policy.mode)]
+    if overrides:
+        lines.append("  mode overrides: " + ", ".join(overrides))
     w = config.watchdog
     lines.append(
         f"state in {w.state_dir}; GPU backend {w.gpu_backend}, sampled every {d(w.gpu_interval)}; "

@@ -84,6 +84,19 @@ class ControlClient:
     def reload(self) -> ReloadStatus:
         return ReloadStatus.model_validate(self._json("POST", "/reload"))
 
+    def alert_test(self, sink: str | None = None, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """A test alert through the daemon's real path; one result per sink."""
+        saved = self.timeout
+        self.timeout = max(saved, timeout + 10.0)  # the daemon waits up to ``timeout`` for deliveries
+        try:
+            return self._json("POST", "/alerts/test", json={"sink": sink, "timeout": timeout})["results"]
+        finally:
+            self.timeout = saved
+    def act(self, action: str, target: str, **params: Any) -> dict[str, Any]:
+        """restart, unload (model=...), pause (seconds=...), resume: through the daemon's policy."""
+        body = {k: v for k, v in params.items() if v is not None}
+        return self._json("POST", f"/targets/{target}/{action}", json=body)
+
     def wedge(self, seconds: float) -> dict[str, Any]:
         return self._json("POST", "/debug/wedge", json={"seconds": seconds})
 

@@ -7,9 +7,15 @@
 | ``GET /incidents/{id}`` | the incident with its timeline |
 | ``GET /incidents/{id}/trace`` | its flight recording, trace-v1 JSON Lines |
 | ``POST /reload`` | ``{"at", "ok", "message"}``: the config reloaded, or why not (the old one stays) |
+| ``POST /alerts/test {"sink": NAME or null, "timeout": S}`` | ``{"results": [{"sink", "kind", "delivered", "attempts", "error"}]}``: a test alert through the outbox to one sink or all (404: no such sink) |
+| ``POST /targets/{name}/restart`` | ``{"target", "action", "result", "detail", "verified"}`` after the restart and its verification |
+| ``POST /targets/{name}/unload {"model": M}`` | the same for a forced unload (``model`` optional: every loaded model) |
+| ``POST /targets/{name}/pause {"seconds": N}`` | ``{"target", "paused", "until", "reason"}`` (no ``seconds``: until resumed) |
+| ``POST /targets/{name}/resume`` | ``{"target", "paused": false}``; the restart budget starts afresh |
 | ``POST /debug/wedge {"seconds": N}`` | blocks the daemon's loop for N s, only with ``[debug] allow_wedge`` (else 403) |
 
-Errors are ``{"error": "..."}`` with 400, 403, 404 or 500. The server knows the
+Errors are ``{"error": "..."}`` with 400, 403, 404, 409 (an action refused: paused,
+busy, budget spent, a model loading, mode observe) or 500. The server knows the
 daemon only through a :class:`ControlProvider`.
 """
 
@@ -32,6 +38,7 @@ from watchdog.incidents.recording import complete_bytes
 from watchdog.status.model import ReloadStatus, StatusSnapshot
 
 MAX_WEDGE_S = 3600.0
+MAX_ALERT_TEST_S = 300.0
 MAX_LIMIT = 1000
 _CHUNK = 256 * 1024
 _log = logger.bind(component="control")
@@ -50,7 +57,20 @@ class ControlProvider(Protocol):
 
     async def reload(self) -> ReloadStatus: ...
 
+    async def alert_test(self, sink: str | None, timeout: float) -> list[dict[str, Any]]:
+        """Send a test alert; raises KeyError for an unknown sink."""
+        ...
+
     def allow_wedge(self) -> bool: ...
+
+    async def act(self, action: str, target: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A manual action (restart, unload, pause, resume). Raises LookupError (no such
+        target: 404) or ActionRefused (409)."""
+        ...
+
+
+class ActionRefused(Exception):
+    """The policy refused a manual action; the message says why."""
 
 
 class ControlServer:
@@ -73,6 +93,8 @@ class ControlServer:
                 web.get(r"/incidents/{id:\d+}", self._incident),
                 web.get(r"/incidents/{id:\d+}/trace", self._trace),
                 web.post("/reload", self._reload),
+                web.post("/alerts/test", self._alert_test),
+                web.post(r"/targets/{name}/{action:restart|unload|pause|resume}", self._act),
                 web.post("/debug/wedge", self._wedge),
             ]
         )
@@ -131,6 +153,49 @@ class ControlServer:
         result = await self.provider.reload()
         return _json(result.model_dump(mode="json"))
 
+    async def _alert_test(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except (ValueError, UnicodeDecodeError):
+            raise _error(400, 'expected a JSON body like {"sink": "ops-slack", "timeout": 20}') from None
+        if not isinstance(body, dict):
+            raise _error(400, 'expected a JSON object like {"sink": "ops-slack", "timeout": 20}')
+        sink = body.get("sink")
+        timeout = body.get("timeout", 20)
+        if sink is not None and not isinstance(sink, str):
+            raise _error(400, '"sink" must be a sink name or null (every sink)')
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_ALERT_TEST_S:
+            raise _error(400, f'"timeout" must be a number of seconds between 0 and {MAX_ALERT_TEST_S:g}')
+        try:
+            results = await self.provider.alert_test(sink, float(timeout))
+        except KeyError as exc:
+            raise _error(404, str(exc.args[0]) if exc.args else "no such alert sink") from None
+        return _json({"results": results})
+    async def _act(self, request: web.Request) -> web.Response:
+        params: dict[str, Any] = {}
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except (ValueError, UnicodeDecodeError):
+                raise _error(400, "expected a JSON object as the body") from None
+            if not isinstance(body, dict):
+                raise _error(400, "expected a JSON object as the body")
+            params = body
+        seconds = params.get("seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or not math.isfinite(seconds) or seconds <= 0):
+            raise _error(400, '"seconds" must be a positive number')
+        model = params.get("model")
+        if model is not None and (not isinstance(model, str) or not model or len(model) > 256):
+            raise _error(400, '"model" must be a model name')
+        try:
+            result = await self.provider.act(request.match_info["action"], request.match_info["name"], params)
+        except LookupError as exc:
+            raise _error(404, str(exc).strip("'\"")) from None
+        except ActionRefused as exc:
+            raise _error(409, str(exc)) from None
+        return _json(result)
+
     async def _wedge(self, request: web.Request) -> web.StreamResponse:
         if not self.provider.allow_wedge():
             raise _error(403, "wedging is disabled: set [debug] allow_wedge = true (tests of the watchdog only)")
@@ -180,7 +245,7 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def _error(status: int, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound}[status]
+    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound, 409: web.HTTPConflict}[status]
     return cls(text=json.dumps({"error": message}), content_type="application/json")
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from watchdog.act.listener import make_actions
 from watchdog.config import Config
 from watchdog.daemon.hub import DaemonHub
 from watchdog.daemon.pipeline import Pipeline
@@ -27,13 +28,15 @@ from watchdog.detect.factory import make_engine
 from watchdog.incidents import Incidents
 from watchdog.listener import Component, ListenerFactory
 from watchdog.metrics.service import make_metrics
+from watchdog.notify.listener import make_notifier
 from watchdog.probes.base import Clock, Emit, MonotonicClock
 from watchdog.probes.suite import ProbeSuite
 from watchdog.redact import Redactor
 from watchdog.status import LatestRecords
 
 LISTENERS: list[ListenerFactory] = [
-    # act, notify and metrics add their factory here, in this order: e.g. ``make_actions``
+    make_actions,
+    make_notifier,
     make_metrics,
 ]
 """Listener factories, in start order."""
@@ -100,6 +103,7 @@ def build(
         context=lambda since: recorder.records(since),
         incident_context=config.watchdog.incident_context,
         redactor=redactor,
+        flap_window=config.watchdog.flap_window,
     )
     latest = LatestRecords()
     gpu_totals: dict[int, float] = {}

@@ -27,7 +27,7 @@ from typing import IO, Any
 from loguru import logger
 
 from watchdog.config import Config, ConfigError, load_config
-from watchdog.control.server import ControlServer
+from watchdog.control.server import ActionRefused, ControlServer
 from watchdog.control.socket import ControlSocketError
 from watchdog.daemon.builder import Parts, build
 from watchdog.daemon.pipeline import Pipeline
@@ -224,7 +224,8 @@ class Daemon:
         redactor = Redactor.from_config(config)
         self.parts.redactor = self.hub.redactor = redactor
         set_redactor(redactor)
-        await self.incidents.configure(redactor=redactor, incident_context=config.watchdog.incident_context)
+        await self.incidents.configure(redactor=redactor, incident_context=config.watchdog.incident_context,
+                                       flap_window=config.watchdog.flap_window)
         setup_logging(config.watchdog.log_format if self.log_format is None else self.log_format,
                       config.watchdog.log_level if self.log_level is None else self.log_level)
         self.parts.recorder.window_s = config.watchdog.recorder_window
@@ -384,8 +385,32 @@ class _Provider:
         # handling this very request, which must not cancel the reload half-way.
         return await asyncio.shield(self.daemon._spawn(self.daemon.reload(), "reload"))
 
+    async def alert_test(self, sink: str | None, timeout: float) -> list[dict[str, Any]]:
+        alerts = self.daemon.hub.alerts
+        if alerts is None:
+            raise KeyError("alerts are not running in this daemon")
+        return [result.to_json() for result in await alerts.test(sink, timeout)]
+
     def allow_wedge(self) -> bool:
         return self.daemon.config.debug.allow_wedge
+
+    async def act(self, action: str, target: str, params: dict[str, Any]) -> dict[str, Any]:
+        from watchdog.act import ActError
+
+        if target not in {t.name for t in self.daemon.config.targets}:
+            raise LookupError(f"no target named {target!r}")
+        listener = next((x for x in self.daemon.parts.listeners if x.name == "act"), None)
+        actor = getattr(listener, "actor", None)
+        if actor is None:
+            raise ActionRefused("this daemon runs without the act listener")
+        try:
+            if action == "pause":
+                return await actor.pause(target, seconds=params.get("seconds"))
+            if action == "resume":
+                return await actor.resume(target)
+            return await actor.manual(action, target, model=params.get("model"))
+        except ActError as exc:
+            raise ActionRefused(str(exc)) from None
 
 
 async def run_daemon(config_path: str, config: Config, log_format: str | None = None,

@@ -7,15 +7,25 @@ status`` shows.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+
+from loguru import logger
+
 from watchdog.config import Config
 from watchdog.daemon.pipeline import Pipeline
+from watchdog.detect.finding import Finding
+from watchdog.detect.view import TargetView
 from watchdog.incidents import Incidents
+from watchdog.listener import Alerts
 from watchdog.probes.attribution import Attributor
 from watchdog.probes.base import MonotonicClock
 from watchdog.probes.suite import ProbeSuite
 from watchdog.redact import Redactor
 from watchdog.status import DaemonInfo, LatestRecords, ReloadStatus, StatusSnapshot, build_status
+from watchdog.status.model import ActionStatus
 from watchdog.trace.records import Canary, Header, Record
+
+_log = logger.bind(component="daemon")
 
 
 class DaemonHub:
@@ -37,6 +47,10 @@ class DaemonHub:
         # Whether a listener carries out actions: until one does, status says "observe"
         # whatever policy.mode asks for (the act listener sets it when it starts).
         self.acts = False
+        # The notify listener while it runs: its sinks' health for status, and ``alert test``.
+        self.alerts: Alerts | None = None
+        # Set by the act listener: per target its state, pause and restart budget (for status).
+        self.action_status: Callable[[], Awaitable[Mapping[str, ActionStatus]]] | None = None
 
     # --- what listeners read --------------------------------------------------------------------
 
@@ -63,6 +77,17 @@ class DaemonHub:
     def attributor(self) -> Attributor | None:
         return self.suite.attributor if self.suite is not None else None
 
+    def target_view(self, target: str) -> TargetView | None:
+        found = self.pipeline.engine.targets.get(target)
+        return found.view if found is not None else None
+
+    def active_findings(self) -> list[Finding]:
+        return self.pipeline.engine.active()
+
+    def canary_in_flight(self, target: str) -> bool:
+        suite = self.suite
+        return suite is not None and target in suite.targets and suite.targets[target].canary.in_flight
+
     async def canary_now(self, target: str) -> Canary | None:
         suite = self.suite
         if suite is None or target not in suite.targets:
@@ -71,7 +96,14 @@ class DaemonHub:
 
     async def status(self) -> StatusSnapshot:
         config = self._config
+        actions: Mapping[str, ActionStatus] = {}
+        if self.action_status is not None:
+            try:
+                actions = await self.action_status()
+            except Exception as exc:  # noqa: BLE001 - status answers even when the actor cannot
+                _log.warning(f"status: the actor's state is unavailable: {exc!r}")
         return build_status(
+            actions=actions,
             header=self._header,
             polls=self.latest.polls,
             canaries=self.latest.canaries,
@@ -93,6 +125,7 @@ class DaemonHub:
             redactor=self.redactor,
             canary_failures=self.latest.canary_failures,
             xid_counts=self.latest.xid_counts,
+            alerts=self.alerts.sink_status() if self.alerts is not None else (),
         )
 
 

@@ -7,6 +7,9 @@ Rules:
 - the incident closes when every finding in it has cleared; its recording
   keeps taking records for ``incident_context`` seconds more;
 - its severity is the worst of its findings (:data:`watchdog.detect.finding.SEVERITY`);
+- a target that raises the same finding again within ``flap_window`` of its
+  incident closing (raise, clear, raise: a flapping target) gets that incident *reopened*, with
+  ``flaps`` counted up, rather than a new one: one problem, one incident, one page;
 - after a restart, open incidents are reloaded; their raised findings are
   *carried over* until the new run raises them again (they stay) or
   ``carryover_grace`` passes without that (they are cleared, "assumed over"),
@@ -95,8 +98,10 @@ class IncidentManager:
         redactor: Redactor = NO_SECRETS,
         max_recording_bytes: int = DEFAULT_MAX_BYTES,
         store: IncidentStore | None = None,
+        flap_window: float = 0.0,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.flap_window = flap_window
         self.wall_start = wall_start
         self.header = header or Header()
         self.incident_context = incident_context
@@ -106,6 +111,8 @@ class IncidentManager:
         self.max_recording_bytes = max_recording_bytes
         self.store = store or IncidentStore(self.state_dir / DB_NAME)
         self._open: dict[str, _Live] = {}
+        #: The last closed incident of each target and its close time (for reopening a flap).
+        self._closed: dict[str, tuple[Incident, float]] = {}
         self._tails: dict[int, _Tail] = {}
         self._next_prune = float("inf")  # set by the first prune, at start
         self._unsaved: dict[int, _Unsaved] = {}
@@ -209,6 +216,9 @@ class IncidentManager:
         )
         live = self._open.get(finding.target)
         if live is None:
+            closed = self._flapped(finding.target, finding.finding, finding.t)
+            if closed is not None:
+                return self._reopen_incident(closed, finding, entry)
             return [self._open_incident(finding, entry, context)]
         incident = live.incident
         before = next((f for f in incident.findings if f.finding == finding.finding), None)
@@ -226,6 +236,75 @@ class IncidentManager:
         live.incident = incident
         self._save(incident, [entry])
         return [IncidentEvent(kind="updated", incident=self._view(finding.target), change=entry)]
+
+    def _flapped(self, target: str, finding: str, t: float) -> tuple[Incident, float] | None:
+        """The target's incident that closed within ``flap_window`` before ``t`` and had this finding."""
+        if self.flap_window <= 0:
+            return None
+        recent = self._closed.get(target)
+        if recent is None:
+            # After a restart: the store knows what closed before it.
+            try:
+                incident = self.store.last_closed(target, self._wall(t) - self.flap_window)
+            except sqlite3.Error:
+                incident = None
+            if incident is None or incident.closed_at is None:
+                return None
+            recent = (incident, to_timestamp(incident.closed_at) - self.wall_start)
+        incident, closed_t = recent
+        if t - closed_t > self.flap_window or incident.state != "closed":
+            return None
+        if not any(f.finding == finding for f in incident.findings):
+            return None  # a different problem is a new incident (and a new page), not a flap
+        return recent
+
+    def _reopen_incident(
+        self, closed: tuple[Incident, float], finding: Finding, entry: TimelineEntry
+    ) -> list[IncidentEvent]:
+        incident, closed_t = closed
+        flaps = incident.flaps + 1
+        gap = max(0.0, finding.t - closed_t)
+        note = TimelineEntry(
+            at=entry.at,
+            kind="note",
+            summary=(
+                f"reopened: {finding.finding} raised again {format_duration(gap)} after the incident closed "
+                f"(flap {flaps}; within the flap window of {format_duration(self.flap_window)})"
+            ),
+            evidence={"reopened": True, "flaps": flaps, "closed_for_s": round(gap, 3)},
+        )
+        tail = self._tails.pop(incident.id, None)
+        recording_file = tail.recording if tail is not None else self._reopen(incident)
+        recording = incident.recording
+        if recording is not None:
+            recording = recording.model_copy(update={"until": None})
+        incident = incident.model_copy(
+            update={
+                "state": "open",
+                "closed_at": None,
+                "flaps": flaps,
+                "recording": recording,
+                "timeline": [*incident.timeline, note],
+            }
+        )
+        updated = IncidentFinding(
+            finding=finding.finding,
+            state="raised",
+            severity=entry.severity or "warning",
+            summary=entry.summary,
+            raised_at=entry.at,
+            changed_at=entry.at,
+        )
+        incident = self._with_finding(incident, updated, entry)
+        self._closed.pop(finding.target, None)
+        self._open[finding.target] = _Live(incident, recording_file)
+        self._save(incident, [note, entry])
+        _log.warning(f"incident #{incident.id} on {finding.target} reopened (flap {flaps}): {entry.summary}")
+        view = self._view(finding.target)
+        return [
+            IncidentEvent(kind="updated", incident=view, change=note),
+            IncidentEvent(kind="updated", incident=view, change=entry),
+        ]
 
     def _open_incident(self, finding: Finding, entry: TimelineEntry, context: Sequence[Record]) -> IncidentEvent:
         incident_id = self._next_id
@@ -299,13 +378,15 @@ class IncidentManager:
             live.incident = incident
             self._save(incident, [entry])
             return [IncidentEvent(kind="updated", incident=self._view(target), change=entry)]
-        # The last finding cleared: the incident closes; its recording runs on for a while.
-        until_t = t + self.incident_context
+        # The last finding cleared: the incident closes; its recording runs on for a while
+        # (through the flap window too, so a reopened incident continues the same file).
+        until_t = t + max(self.incident_context, self.flap_window)
         recording = incident.recording
         if recording is not None:
             recording = recording.model_copy(update={"until": self._at(until_t), "bytes": self._size(live)})
         incident = incident.model_copy(update={"state": "closed", "closed_at": at, "recording": recording})
         del self._open[target]
+        self._closed[target] = (incident, t)
         if live.recording is not None:
             self._tails[incident.id] = _Tail(live.recording, until_t)
         self._save(incident, [entry])
@@ -327,20 +408,46 @@ class IncidentManager:
 
     # --- notes, records, time -----------------------------------------------------------------
 
-    def note(self, target: str, summary: str, t: float, evidence: dict[str, Any] | None = None) -> list[IncidentEvent]:
-        """Add a note (an action taken, an alert sent...) to the target's open incident, if any."""
-        live = self._open.get(target)
-        if live is None:
-            return []
+    def note(
+        self,
+        target: str,
+        summary: str,
+        t: float,
+        evidence: dict[str, Any] | None = None,
+        incident_id: int | None = None,
+    ) -> list[IncidentEvent]:
+        """Add a note (an action taken, an alert sent...) to the target's open incident, if any.
+
+        With ``incident_id``, the note goes to that incident even when it has closed
+        meanwhile (an action's verification often ends after the finding cleared).
+        """
         entry = TimelineEntry(
             at=self._at(t),
             kind="note",
             summary=self.redactor.text(summary),
             evidence=self.redactor.data(dict(evidence or {})),
         )
+        live = self._open.get(target)
+        if live is None or (incident_id is not None and live.incident.id != incident_id):
+            return self._note_closed(target, incident_id, entry)
         live.incident = live.incident.model_copy(update={"timeline": [*live.incident.timeline, entry]})
         self._save(live.incident, [entry])
         return [IncidentEvent(kind="updated", incident=self._view(target), change=entry)]
+
+    def _note_closed(self, target: str, incident_id: int | None, entry: TimelineEntry) -> list[IncidentEvent]:
+        if incident_id is None:
+            return []
+        try:
+            incident = self.store.get(incident_id)
+            if incident is None or incident.target != target or incident.is_open:
+                return []
+            with self.store.transaction():
+                self.store.add_entry(incident_id, entry)
+        except sqlite3.Error as exc:
+            self._problem("store", f"state store: cannot add a note to incident #{incident_id} ({exc})")
+            return []
+        incident = incident.model_copy(update={"timeline": [*incident.timeline, entry]})
+        return [IncidentEvent(kind="updated", incident=incident, change=entry)]
 
     def record(self, records: Sequence[Record]) -> list[IncidentEvent]:
         """Append records to the recordings that are running; then let time pass to the last one."""
@@ -461,6 +568,13 @@ class IncidentManager:
             incident = incident.model_copy(
                 update={"recording": incident.recording.model_copy(update={"bytes": live.recording.size})}
             )
+        try:  # actions are written by watchdog/act/ into the same database
+            actions = self.store.actions_of(incident.id)
+            recovered = self.store.recovered_after(incident.id)
+        except sqlite3.Error:
+            return incident
+        if actions or recovered is not None:
+            incident = incident.model_copy(update={"actions": actions, "recovered_after_s": recovered})
         return incident
 
     @staticmethod

@@ -87,6 +87,22 @@ class RecordingInfo(_Frozen):
     until: datetime | None = None
 
 
+class ActionEntry(_Frozen):
+    """One action taken on the incident's target (watchdog/act/), as ``history --json`` shows it."""
+
+    action: str
+    method: str
+    #: ok, failed, timeout, skipped, would (dry-run), interrupted (the watchdog died during
+    #: it), or running (the intent is written, the result not yet).
+    result: str
+    started: datetime
+    finished: datetime | None = None
+    detail: str = ""
+    manual: bool = False
+    finding: str | None = None
+    step: int | None = None
+
+
 class Incident(_Frozen):
     id: int
     target: str
@@ -99,6 +115,12 @@ class Incident(_Frozen):
     #: Empty in listings that leave timelines out.
     timeline: list[TimelineEntry] = Field(default_factory=list)
     recording: RecordingInfo | None = None
+    #: How often it was reopened: raised again within ``flap_window`` of closing (a flapping target).
+    flaps: int = 0
+    #: What the watchdog did about it (from the actions table, oldest first).
+    actions: list[ActionEntry] = Field(default_factory=list)
+    #: Seconds from the finding being raised to the canary that proved the fix; None until then.
+    recovered_after_s: float | None = None
 
     @property
     def active(self) -> list[IncidentFinding]:

@@ -49,6 +49,12 @@ def render_incident(incident: Incident, console: Console | None = None, evidence
         console.print(_entry(entry, with_date=entry.at.astimezone().date() != same_day))
         if evidence and entry.evidence:
             console.print(Text(f"{'':16}{_evidence(entry.evidence)}", style="dim"))
+    if incident.actions:
+        done = ", ".join(f"{a.action} by {a.method}: {a.result}" for a in incident.actions)
+        console.print(f"    actions: {escape(done)}")
+    if incident.recovered_after_s is not None:
+        console.print(f"    [green]recovered after {incident.recovered_after_s:.1f} s[/green] "
+                      "(finding raised → the canary that proved the fix)")
     if incident.recording is not None:
         size = _bytes(incident.recording.bytes)
         console.print(

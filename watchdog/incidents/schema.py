@@ -84,6 +84,46 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "flap count: an incident reopened when its target raises again soon after it closed",
+        ("ALTER TABLE incidents ADD COLUMN flaps INTEGER NOT NULL DEFAULT 0",),
+    ),
+    Migration(
+        4,
+        "actions (intent written before acting, result after), paused targets, recovery time",
+        (
+            # No foreign key to incidents: a restart counts against the budget even after its
+            # incident is pruned, and manual actions may have no incident at all.
+            """CREATE TABLE actions (
+                id INTEGER PRIMARY KEY,
+                target TEXT NOT NULL,
+                incident_id INTEGER,
+                finding TEXT,
+                step INTEGER,
+                action TEXT NOT NULL,
+                method TEXT NOT NULL,
+                result TEXT CHECK (result IS NULL OR result IN
+                    ('ok', 'failed', 'timeout', 'skipped', 'would', 'interrupted')),
+                started REAL NOT NULL,
+                finished REAL,
+                detail TEXT NOT NULL DEFAULT '',
+                manual INTEGER NOT NULL DEFAULT 0,
+                evidence TEXT NOT NULL DEFAULT '{}'
+            )""",
+            "CREATE INDEX actions_by_target ON actions(target, started)",
+            "CREATE INDEX actions_by_incident ON actions(incident_id, id)",
+            """CREATE TABLE target_control (
+                target TEXT PRIMARY KEY,
+                paused INTEGER NOT NULL DEFAULT 0,
+                paused_until REAL,
+                paused_at REAL,
+                reason TEXT NOT NULL DEFAULT '',
+                budget_reset_at REAL
+            )""",
+            "ALTER TABLE incidents ADD COLUMN recovered_after_s REAL",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -67,6 +67,7 @@ class Incidents:
         retention: float = DEFAULT_RETENTION,
         redactor: Redactor = NO_SECRETS,
         max_recording_bytes: int = DEFAULT_MAX_BYTES,
+        flap_window: float = 0.0,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.clock = clock
@@ -80,6 +81,7 @@ class Incidents:
             retention=retention,
             redactor=redactor,
             max_recording_bytes=max_recording_bytes,
+            flap_window=flap_window,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="incident-store")
         self._manager: IncidentManager | None = None
@@ -151,12 +153,24 @@ class Incidents:
         context = self._context_for(batch)
         return await self._mutate(lambda m: m.handle(batch, context))
 
-    async def note(self, target: str, summary: str, evidence: dict[str, Any] | None = None) -> list[IncidentEvent]:
-        """A line in the timeline of the target's open incident (an action, an alert sent...)."""
+    async def note(
+        self, target: str, summary: str, evidence: dict[str, Any] | None = None, incident_id: int | None = None
+    ) -> list[IncidentEvent]:
+        """A line in the timeline of the target's open incident (an action, an alert sent...);
+        with ``incident_id``, of that incident even if it closed meanwhile."""
         if self._manager is None:
             return []
         t = self.clock()
-        return await self._mutate(lambda m: m.note(target, summary, t, evidence))
+        return await self._mutate(lambda m: m.note(target, summary, t, evidence, incident_id))
+
+    @property
+    def db_path(self) -> Path | None:
+        """The SQLite file the incidents live in (None while in memory only): watchdog/act/
+        keeps its actions and budget there, through a connection of its own."""
+        manager = self._manager
+        if manager is None or not manager.store.persistent:
+            return None
+        return manager.store.path
 
     async def tick(self) -> list[IncidentEvent]:
         """Let time pass when no records come (call it now and then, e.g. every few seconds)."""
@@ -165,16 +179,22 @@ class Incidents:
         t = self.clock()
         return await self._mutate(lambda m: m.tick(t))
 
-    async def configure(self, *, redactor: Redactor, incident_context: float) -> None:
-        """After a reload: new secrets to mask, a new context window for recordings."""
+    async def configure(
+        self, *, redactor: Redactor, incident_context: float, flap_window: float | None = None
+    ) -> None:
+        """After a reload: new secrets to mask, a new context window for recordings, a new flap window."""
         self._incident_context = incident_context
         self._settings.update(redactor=redactor, incident_context=incident_context)
+        if flap_window is not None:
+            self._settings.update(flap_window=flap_window)
         manager = self._manager
         if manager is not None:
 
             def apply() -> None:
                 manager.redactor = redactor
                 manager.incident_context = incident_context
+                if flap_window is not None:
+                    manager.flap_window = flap_window
 
             await self._run(apply)
 

@@ -26,6 +26,7 @@ from typing import Any
 from loguru import logger
 
 from watchdog.incidents.model import (
+    ActionEntry,
     Incident,
     IncidentFinding,
     RecordingInfo,
@@ -166,11 +167,11 @@ class IncidentStore:
         recording_until = incident.recording.until if incident.recording else None
         self._conn.execute(
             "INSERT INTO incidents"
-            " (id, target, state, severity, title, opened_at, closed_at, recording, recording_until)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " (id, target, state, severity, title, opened_at, closed_at, recording, recording_until, flaps)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state, severity = excluded.severity,"
             " closed_at = excluded.closed_at, recording = excluded.recording,"
-            " recording_until = excluded.recording_until",
+            " recording_until = excluded.recording_until, flaps = excluded.flaps",
             (
                 incident.id,
                 incident.target,
@@ -181,6 +182,7 @@ class IncidentStore:
                 _ts(incident.closed_at),
                 incident.recording.file if incident.recording else None,
                 _ts(recording_until),
+                incident.flaps,
             ),
         )
 
@@ -289,6 +291,15 @@ class IncidentStore:
         ).fetchall()
         return [self._incident(row, timeline=False) for row in rows]
 
+    def last_closed(self, target: str, since: float) -> Incident | None:
+        """The target's newest incident closed at or after ``since`` (one that may be reopened)."""
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM incidents WHERE target = ? AND state = 'closed' AND closed_at >= ?"
+            " ORDER BY closed_at DESC, id DESC LIMIT 1",
+            (target, since),
+        ).fetchone()
+        return None if row is None else self._incident(row, timeline=True)
+
     def list(self, since: float | None = None, limit: int = 50, timeline: bool = False) -> list[Incident]:
         """Newest first: incidents still open, or opened or closed at or after ``since``."""
         where, args = "", []
@@ -302,7 +313,8 @@ class IncidentStore:
         return [self._incident(row, timeline) for row in rows]
 
     def _incident(self, row: Sequence[Any], timeline: bool) -> Incident:
-        (incident_id, target, state, severity, title, opened_at, closed_at, recording, until) = row
+        (incident_id, target, state, severity, title, opened_at, closed_at, recording, until, flaps,
+         recovered) = row
         findings = [
             IncidentFinding(
                 finding=f[0],
@@ -351,10 +363,33 @@ class IncidentStore:
             findings=findings,
             timeline=entries,
             recording=rec,
+            flaps=int(flaps or 0),
+            actions=self.actions_of(incident_id),
+            recovered_after_s=recovered,
         )
 
+    def actions_of(self, incident_id: int) -> list[ActionEntry]:
+        """The actions taken on an incident (written by watchdog/act/ through its own connection)."""
+        return [
+            ActionEntry(
+                action=a[0], method=a[1], result=a[2] or "running", started=to_datetime(a[3]),
+                finished=None if a[4] is None else to_datetime(a[4]), detail=a[5], manual=bool(a[6]),
+                finding=a[7], step=a[8],
+            )
+            for a in self._conn.execute(
+                "SELECT action, method, result, started, finished, detail, manual, finding, step"
+                " FROM actions WHERE incident_id = ? ORDER BY id",
+                (incident_id,),
+            )
+        ]
 
-_COLUMNS = "id, target, state, severity, title, opened_at, closed_at, recording, recording_until"
+    def recovered_after(self, incident_id: int) -> float | None:
+        row = self._conn.execute("SELECT recovered_after_s FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+        return None if row is None else row[0]
+
+
+_COLUMNS = ("id, target, state, severity, title, opened_at, closed_at, recording, recording_until, flaps,"
+            " recovered_after_s")
 
 
 def _ts(value: Any) -> float | None:

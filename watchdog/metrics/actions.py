@@ -1,7 +1,7 @@
 """Counting the actions the watchdog carried out, from the incident bus.
 
 The act package writes what it did into the incident's timeline with
-``Incidents.note()``, evidence ``{"action": "restart" | "unload" | "kill", "result": ...}``.
+``Incidents.note()``, evidence ``{"action": "restart" | "unload" | "kill_orphans", "result": ...}``.
 This listener counts those notes per target; a dry-run's ``would`` and a ``skipped``
 action did nothing, so they do not count, nor does a note without a result (a "started"
 line), nor an ``interrupted`` one (an action of the previous run, noted again at start).

@@ -207,6 +207,15 @@ class ServerAdapter(ABC):
 
     # --- canary -----------------------------------------------------------------------------
 
+    async def still_loaded(self, model: str | None) -> bool:
+        """Whether ``model`` is still loaded, asked right before a canary goes out.
+
+        Only servers that load a model on request (Ollama) need it: the canary was chosen
+        from a poll up to one poll interval old, and a model unloaded since must not be
+        loaded again by the canary. Others (and an answer that cannot be read: a hung or
+        broken server still gets its canary) say yes."""
+        return True
+
     def canary_choices(
         self, poll: ServerPoll | None, now: float, configured: Sequence[str]
     ) -> tuple[list[CanaryChoice], str]:

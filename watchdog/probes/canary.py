@@ -390,6 +390,10 @@ class CanaryProbe:
             return None
         self.planner.in_flight = True
         try:
+            if not await self.adapter.still_loaded(choice.model):
+                # Unloaded since the poll it was chosen from: a canary now would load it again.
+                self.last_skip = f"{choice.model} was unloaded since the last poll"
+                return None
             canary = await self._send(choice)
         finally:
             self.planner.in_flight = False

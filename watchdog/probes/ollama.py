@@ -10,6 +10,8 @@ so it does not extend the model's life (a model kept forever stays so).
 
 from __future__ import annotations
 
+import asyncio
+
 import math
 from collections.abc import Sequence
 from datetime import datetime
@@ -94,6 +96,15 @@ class OllamaAdapter(ServerAdapter):
         models = parse_ps(data, self.wall_clock())
         self._note_overdue(models)
         return PollParts(state="ready", models=models)
+
+    async def still_loaded(self, model: str | None) -> bool:
+        if model is None:
+            return True
+        try:  # a quick look: a server too stuck to answer this gets its canary
+            models = parse_ps(await asyncio.wait_for(self.get_json("/api/ps"), 1.0), self.wall_clock())
+        except Exception:  # noqa: BLE001 - a status endpoint that fails is the canary's business
+            return True
+        return any(m.name == model for m in models)
 
     def _note_overdue(self, models: list[LoadedModel]) -> None:
         """Remember since when each listed model has been past its expiry (see OVERDUE_AFTER_S)."""

@@ -20,7 +20,9 @@ from watchdog.incidents.model import Incident, severity_of, to_datetime
 from watchdog.redact import NO_SECRETS, Redactor
 from watchdog.status.model import (
     HEALTH_ORDER,
+    ActionStatus,
     ActiveFinding,
+    AlertSinkStatus,
     CanaryStatus,
     DaemonStatus,
     GpuStatus,
@@ -100,12 +102,15 @@ def build_status(
     redactor: Redactor = NO_SECRETS,
     canary_failures: Mapping[str, int] | None = None,
     xid_counts: Mapping[int, int] | None = None,
+    alerts: Iterable[AlertSinkStatus] = (),
+    actions: Mapping[str, ActionStatus] | None = None,
 ) -> StatusSnapshot:
     """The snapshot.
 
     - ``header``: the configured targets (name, kind, GPUs) and the GPUs (index, name, total memory);
     - ``polls`` / ``canaries`` by target, ``gpu_samples`` by GPU index: the latest of each;
     - ``xids``: XID events seen (any order); ``findings``: the engine's raised findings;
+    - ``alerts``: the alert sinks' health and outbox depth (from the notifier);
     - ``incidents``: the open incidents; ``now``: the daemon clock (seconds since
       ``wall_start``, the Unix time of its zero); a target with no observation
       for ``stale_after`` seconds is ``unknown``;
@@ -136,6 +141,8 @@ def build_status(
         .model_copy(update={"canary_failures": (canary_failures or {}).get(name, 0)})
         for name in names
     ]
+    if actions:
+        targets = [t.model_copy(update={"action": actions.get(t.name)}) for t in targets]
     indexes = sorted({g.index for g in header.gpus} | set(gpu_samples))
     gpus = [
         _gpu(header, index, gpu_samples.get(index), xids_by_gpu.get(index, []), by_target, open_by_target, now,
@@ -163,6 +170,7 @@ def build_status(
         ),
         targets=targets,
         gpus=gpus,
+        alerts=[a.model_copy(update={"last_error": redactor.optional(a.last_error)}) for a in alerts],
     )
 
 

@@ -83,6 +83,18 @@ class TargetGpu(_Model):
     target_mem_mib: int | None = Field(default=None, description="memory held by this target's processes")
 
 
+class ActionStatus(_Model):
+    """What the actor (watchdog/act/) may still do to the target."""
+
+    state: str = Field(description="watching, waiting, acting, verifying, recovered, backoff or gave_up")
+    mode: str | None = Field(default=None, description="act, dry-run or observe (after per-target overrides)")
+    paused: bool = False
+    paused_until: datetime | None = Field(default=None, description="null with paused: until `watchdogctl resume`")
+    paused_reason: str | None = None
+    restarts_left: int | None = Field(default=None, description="restarts left in the budget's window")
+    max_restarts: int | None = None
+
+
 class TargetStatus(_Model):
     name: str
     kind: str = Field(description="ollama, vllm, llamacpp or openai")
@@ -97,6 +109,7 @@ class TargetStatus(_Model):
     findings: list[ActiveFinding] = Field(default_factory=list)
     incident: IncidentRef | None = None
     canary_failures: int = Field(default=0, description="failed canaries since the daemon started")
+    action: ActionStatus | None = Field(default=None, description="the actor's state, pause and restart budget")
 
 
 class XidStatus(_Model):
@@ -142,6 +155,22 @@ class DaemonStatus(_Model):
     problems: list[str] = Field(default_factory=list, description="what is wrong with the daemon itself")
 
 
+class AlertSinkStatus(_Model):
+    """One ``[[alerts]]`` sink: named, never shown by its URL."""
+
+    name: str
+    kind: str = Field(description="slack, webhook, email or apprise")
+    state: Literal["ok", "failing", "idle"] = Field(
+        description="ok: the last attempt delivered; failing: the last attempt failed (retried); idle: none yet"
+    )
+    pending: int = Field(default=0, description="messages in the outbox waiting to be delivered (outbox depth)")
+    delivered: int = Field(default=0, description="messages delivered (last 7 days)")
+    dropped: int = Field(default=0, description="messages expired or refused (last 7 days)")
+    last_delivered_at: datetime | None = None
+    last_error: str | None = Field(default=None, description="why the last attempt failed (never a URL or secret)")
+    last_error_at: datetime | None = None
+
+
 class StatusSnapshot(_Model):
     schema_version: int = SCHEMA_VERSION
     generated_at: datetime
@@ -149,6 +178,7 @@ class StatusSnapshot(_Model):
     daemon: DaemonStatus
     targets: list[TargetStatus] = Field(default_factory=list)
     gpus: list[GpuStatus] = Field(default_factory=list)
+    alerts: list[AlertSinkStatus] = Field(default_factory=list, description="alert sinks: health and outbox depth")
 
     def target(self, name: str) -> TargetStatus | None:
         return next((t for t in self.targets if t.name == name), None)

@@ -66,6 +66,8 @@ def render_status(snapshot: StatusSnapshot, console: Console | None = None) -> N
     console.print(targets_table(snapshot))
     if snapshot.gpus:
         console.print(gpus_table(snapshot))
+    if snapshot.alerts:
+        console.print(alerts_table(snapshot))
     findings = [f for t in snapshot.targets for f in t.findings if not f.target.startswith("gpu:")]
     findings += [f for g in snapshot.gpus for f in g.findings]
     if findings:
@@ -113,10 +115,32 @@ def targets_table(snapshot: StatusSnapshot) -> Table:
             "\n".join(escape(_model(m.name, m.vram_mib)) for m in target.models) or "-",
             _canary_cell(target),
             "\n".join(_target_gpu(g) for g in target.gpus) or "-",
-            _incident_cell(target.incident),
+            _incident_cell(target.incident) + _action_cell(target),
         )
     if not snapshot.targets:
         table.add_row("(none configured)", "", "", "", "", "", "")
+    return table
+
+
+_SINK_STYLE = {"ok": "green", "failing": "red", "idle": "dim"}
+
+
+def alerts_table(snapshot: StatusSnapshot) -> Table:
+    """Each alert sink by name (never its URL): health, outbox depth, last delivery and error."""
+    table = Table(title="Alerts", title_justify="left", expand=False)
+    for column in ("sink", "kind", "state", "outbox", "delivered", "dropped", "last delivered", "last error"):
+        table.add_column(column)
+    for sink in snapshot.alerts:
+        table.add_row(
+            escape(sink.name),
+            sink.kind,
+            Text(sink.state, style=_SINK_STYLE.get(sink.state, "")),
+            Text(str(sink.pending), style="yellow" if sink.pending else ""),
+            str(sink.delivered),
+            str(sink.dropped),
+            _local(sink.last_delivered_at) if sink.last_delivered_at else "-",
+            escape(sink.last_error) if sink.last_error and sink.state == "failing" else "-",
+        )
     return table
 
 
@@ -171,6 +195,26 @@ def _target_gpu(gpu) -> str:  # TargetGpu
     if gpu.target_mem_mib is not None:
         text += f" (holds {_mib(gpu.target_mem_mib)})"
     return text
+
+
+def _action_cell(target: TargetStatus) -> str:
+    """Under the incident: a pause, a spent or low restart budget, an action in progress."""
+    action = target.action
+    if action is None:
+        return ""
+    parts = []
+    if action.paused:
+        until = "until resumed" if action.paused_until is None else f"until {_local(action.paused_until)}"
+        parts.append(f"[bold yellow]paused {until}[/bold yellow]")
+        if action.paused_reason:
+            parts.append(f"[dim]{escape(action.paused_reason)[:80]}[/dim]")
+    if action.state not in ("watching",):
+        parts.append(f"act: {action.state}")
+    if action.restarts_left is not None and action.max_restarts is not None:
+        parts.append(f"[dim]{action.restarts_left}/{action.max_restarts} restarts left[/dim]")
+    if action.mode and action.mode != "act":
+        parts.append(f"[dim]mode {action.mode}[/dim]")
+    return ("\n" + "\n".join(parts)) if parts else ""
 
 
 def _incident_cell(incident: IncidentRef | None) -> str:
