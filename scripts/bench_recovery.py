@@ -514,8 +514,12 @@ class FaultRunner(threading.Thread):
             fault.canary_again = wait_until(lambda: self.healthy_since(fault.released or 0), 300)
         end = fault.released or fault.canary_again or now()
         self.measure(fault, end, client)
-        if act and fault.raised is not None:  # the daemon's own verifying canary may land a moment later
-            wait_until(lambda: self.read_incident(fault, now()) or fault.recovered, 30, interval=1.0)
+        # In act mode the next fault waits for the watchdog's own verdict ("verifying → recovered"):
+        # a hang injected while it still verifies the last restart would be a server that hangs
+        # again right after its restart, which the policy rightly treats otherwise (grace, ladder).
+        if act and fault.raised is not None and not wait_until(
+                lambda: self.read_incident(fault, now()) or fault.recovered, 180, interval=1.0):
+            fault.notes.append("no verified recovery in the incident's timeline within 180 s")
         fault.complete = True
         self.say(self.describe(fault))
 
@@ -544,7 +548,10 @@ class FaultRunner(threading.Thread):
                 continue
             for entry in incident.timeline:
                 at = to_ts(entry.at)
-                if entry.kind == "raised" and entry.finding in CRITICAL and fault.onset - 1 <= at <= end \
+                if entry.evidence.get("recovered_after_s") is not None and fault.raised is not None \
+                        and at >= fault.raised and (fault.recovered is None or at < fault.recovered):
+                    fault.recovered = at  # "verifying → recovered": this episode's verifying canary passed
+                if entry.kind == "raised" and entry.finding in CRITICAL and fault.onset <= at <= end \
                         and (fault.raised is None or at < fault.raised):
                     fault.raised, fault.finding = at, entry.finding
                     fault.rule = str(entry.evidence.get("rule") or "")
@@ -552,10 +559,6 @@ class FaultRunner(threading.Thread):
                 started = to_ts(action.started)
                 if fault.onset <= started <= end and (fault.action_started is None or started < fault.action_started):
                     fault.action_started, fault.action = started, f"{action.action} ({action.method}): {action.result}"
-            recovered_after = getattr(incident, "recovered_after_s", None)
-            if recovered_after is not None and fault.raised is not None and fault.recovered is None \
-                    and incident.opened_at and to_ts(incident.opened_at) <= fault.raised + 1:
-                fault.recovered = fault.raised + recovered_after
 
     def describe(self, f: Fault) -> str:
         def s(t: float | None) -> str:
