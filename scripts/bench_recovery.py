@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.infra.http_hold_proxy import HttpHoldProxy
 from tests.infra.llamacpp import LlamaServer, start_llama_server
+from tests.infra.system import free_port
 from watchdog.config.model import CanarySettings
 from watchdog.control.client import ControlClient, DaemonUnreachable
 from watchdog.sim.launch import Simulator
@@ -198,6 +199,7 @@ class Rig:
     health_url: str
     health_survives: bool  # does the health endpoint keep answering during the hang?
 
+    def prepare(self) -> None: ...
     def inject(self) -> None: ...
     def recover(self) -> None: ...
     def target(self, mode: str) -> dict[str, Any]: ...
@@ -272,39 +274,70 @@ class LlamaGenerationRig(LlamaRig):
 
 
 class SimRig(Rig):
-    def __init__(self, kind: str, gpu: int, work: Path) -> None:
-        self.sim = Simulator(kind, "--gpu-index", str(gpu), gpu_dir=work / "gpu", log_path=work / f"{kind}.log",
-                             workdir=work).start()
-        self.name, self.kind, self.fault, self.gpu = kind, kind, "hang", gpu
-        self.health_url = f"{self.sim.url}/" if kind == "ollama" else f"{self.sim.url}/health"
+    """A simulator. Observe mode: the bench's child, recovered by clearing its fault. Act mode:
+    started by ``python -m watchdog.sim.relaunch`` on a fixed port, which is also its restart
+    command: a new process on the same port (a real restart; the old runner goes with it)."""
+
+    def __init__(self, kind: str, gpu: int, work: Path, mode: str) -> None:
+        self.name, self.kind, self.fault, self.gpu, self.mode = kind, kind, "hang", gpu, mode
+        self.log_path = work / f"{kind}.log"
+        self.sim: Simulator | None = None
+        if mode == "act":
+            port = free_port()
+            self.url = f"http://127.0.0.1:{port}"
+            self.pidfile = work / f"{kind}.pid"
+            self.relaunch = [sys.executable, "-m", "watchdog.sim.relaunch", "--pidfile", str(self.pidfile),
+                             "--port", str(port), "--", "--kind", kind, "--gpu-dir", str(work / "gpu"),
+                             "--gpu-index", str(gpu), "--log-file", str(self.log_path)]
+            subprocess.run(self.relaunch, check=True, timeout=60, cwd=ROOT)
+            if kind == "ollama":
+                self.model = httpx.get(f"{self.url}/api/tags", timeout=10).json()["models"][0]["name"]
+            else:
+                self.model = httpx.get(f"{self.url}/v1/models", timeout=10).json()["data"][0]["id"]
+        else:
+            self.sim = Simulator(kind, "--gpu-index", str(gpu), gpu_dir=work / "gpu", log_path=self.log_path,
+                                 workdir=work).start()
+            self.url, self.model = self.sim.url, self.sim.model
+        self.health_url = f"{self.url}/" if kind == "ollama" else f"{self.url}/health"
         self.health_survives = True
-        if kind == "ollama":  # a model held in memory, as a server in use has: canaries go to it
-            httpx.post(f"{self.sim.url}/api/generate", json={"model": self.sim.model, "prompt": "hi",
-                                                              "stream": False, "keep_alive": -1}, timeout=60)
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Ollama: a model held in memory, as a server in use has (canaries go only to loaded
+        models); after a restart a user's next request loads it again, and so does this."""
+        if self.kind == "ollama":
+            httpx.post(f"{self.url}/api/generate", json={"model": self.model, "prompt": "hi", "stream": False,
+                                                          "keep_alive": -1}, timeout=60).raise_for_status()
+
+    def _fault(self, fault: str) -> None:
+        httpx.post(f"{self.url}/_sim/fault", json={"fault": fault}, timeout=10).raise_for_status()
 
     def inject(self) -> None:
-        self.sim.inject("hang")
+        self._fault("hang")
 
     def recover(self) -> None:
-        self.sim.recover()
+        self._fault("recover")
 
     def target(self, mode: str) -> dict[str, Any]:
-        t: dict[str, Any] = {"name": self.name, "kind": self.kind, "url": self.sim.url, "gpus": [self.gpu],
-                             "log_file": str(self.sim.log_path)}
-        if mode == "act":  # the simulator's "restart": clear the fault (a real restart would reload the model)
-            code = ("import httpx,sys; r = httpx.post(sys.argv[1] + '/_sim/fault', json={'fault': 'recover'}, "
-                    "timeout=10); sys.exit(r.status_code != 200)")
-            t["restart"] = {"method": "command", "command": [sys.executable, "-c", code, self.sim.url]}
+        t: dict[str, Any] = {"name": self.name, "kind": self.kind, "url": self.url, "gpus": [self.gpu],
+                             "log_file": str(self.log_path)}
+        if mode == "act":
+            t["restart"] = {"method": "command", "command": self.relaunch}
         return t
 
     def client_call(self) -> tuple[str, dict[str, Any]]:
         if self.kind == "ollama":
-            return (f"{self.sim.url}/api/generate", {"model": self.sim.model, "prompt": "Say hi.", "stream": False})
-        return (f"{self.sim.url}/v1/chat/completions",
-                {"model": self.sim.model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8})
+            return (f"{self.url}/api/generate", {"model": self.model, "prompt": "Say hi.", "stream": False})
+        return (f"{self.url}/v1/chat/completions",
+                {"model": self.model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8})
 
     def close(self) -> None:
-        self.sim.stop()
+        if self.sim is not None:
+            self.sim.stop()
+        else:
+            from watchdog.sim.relaunch import stop
+
+            stop(self.pidfile)
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -460,6 +493,8 @@ class FaultRunner(threading.Thread):
 
     def one(self, index: int) -> None:
         ready_from = self.faults[-1].released or self.faults[-1].onset if self.faults else 0.0
+        with contextlib.suppress(httpx.HTTPError):
+            self.rig.prepare()
         if not wait_until(lambda: self.healthy_since(ready_from or 0.0), 300):
             self.say("not healthy 300 s after the last fault; injecting anyway")
         # Onset uniformly spread over the canary cycle, so the median is not a lucky phase.
@@ -737,7 +772,7 @@ def main() -> None:
             if name in ("llama", "llama-gen"):
                 rigs.append(LlamaRig(work) if name == "llama" else LlamaGenerationRig(work))
             else:
-                rigs.append(SimRig(name, gpu, work))
+                rigs.append(SimRig(name, gpu, work, args.mode))
         config = write_config(work, rigs, args.mode, args.max_restarts)
         daemon = start_daemon(config, work)
         print(f"daemon ready (mode {args.mode}, defaults); work dir {work}", flush=True)
