@@ -2,12 +2,16 @@
 """Detection and recovery of hangs, against what users run instead (issue 15).
 
 One run of the REAL daemon (``watchdogctl run`` as a subprocess, default settings)
-watching three servers at once: llama.cpp's own ``llama-server`` (the test fixture's
-binary and tiny model), the simulator's Ollama flavour and its vLLM flavour. Hangs are
-injected into each, staggered so that they overlap in time: ``llama-server`` is
-SIGSTOPped (the kernel still accepts connections, nothing answers, ``/health``
-included); the simulators get their ``hang`` fault (generation never answers while
-``/``, ``/api/ps`` and ``/health`` keep answering).
+watching four servers at once, with hangs injected into each, staggered so that they
+overlap in time:
+
+- ``llama``: llama.cpp's own ``llama-server`` (the test fixture's binary and tiny
+  model), SIGSTOPped: the kernel still accepts connections, nothing answers,
+  ``/health`` included;
+- ``llama-gen``: a second ``llama-server`` behind an HTTP proxy that holds only the
+  generation routes: ``/health``, ``/metrics`` and ``/slots`` keep answering;
+- ``ollama`` and ``vllm``: the simulator's flavours with their ``hang`` fault:
+  generation never answers while ``/``, ``/api/ps`` and ``/health`` keep answering.
 
 Beside the daemon, on the same servers and the same faults, the bench runs the
 alternatives as live probe loops of its own:
@@ -20,19 +24,24 @@ alternatives as live probe loops of its own:
   sent at the fault's onset with a 300 s timeout, measured live on the first fault of
   each target (``--client-faults``); the 3 attempts' ~900 s follow from its parameters.
 
-Per fault it records onset -> finding raised (the incident timeline's timestamp) ->
-action started -> canary passes again. In ``--mode observe`` (what main supports
-until the act package is merged) the daemon only detects: the bench itself recovers
-each fault (a restart of ``llama-server`` on its port, the simulator's ``recover``)
-once the daemon and the Kubernetes probe have had their chance, and measures from
-that recovery to the daemon's next passing canary. In ``--mode act`` the daemon
-restarts the server itself (``restart.method = "command"``), and the bench reads the
-incident's actions and ``recovered_after_s``.
+A fault's alternative fires only on failures that fault caused (a streak counted from
+its onset). Per fault it records onset -> finding raised (the incident timeline's
+timestamp) -> action started -> canary passes again. In ``--mode observe`` the daemon
+only detects: the bench itself recovers each fault (a restart of ``llama-server`` on
+its port, the simulator's ``recover``) once the daemon and the Kubernetes probe have
+had their chance (``--docker-faults`` SIGSTOPs are held until Docker fires too), and
+measures from that recovery to the daemon's next passing canary. In ``--mode act``
+the daemon restarts the server itself through ``restart.method = "command"`` (the
+fixture's ``restart_command``; ``python -m watchdog.sim.relaunch`` for a simulator:
+a new process on the same port), with ``max_restarts`` raised (the default budget
+would stop after 3), and the bench reads the incident's actions and its
+"verifying → recovered" note; the slow alternatives get no long holds there.
 
 Traffic goes only to 127.0.0.1; the run stops by itself (``--faults`` per target, or
-at ``--deadline``, whichever comes first).
+after ``--minutes``, whichever comes first; SIGINT/SIGTERM stop it cleanly).
 
     nice -n 10 python scripts/bench_recovery.py [--faults 20] [--json out.json]
+    nice -n 10 python scripts/bench_recovery.py --mode act --targets llama,llama-gen,vllm
 """
 
 from __future__ import annotations
