@@ -12,7 +12,10 @@ beside it, so CI replays what the daemon saw on the GPUs.
 
     llamacpp  llama.cpp's llama-server with CUDA on one GPU (``-ngl 99``):
               load, idle, four concurrent streams, SIGSTOP (hang), restart with
-              the target's restart command, recovered, SIGKILL (down).
+              the target's restart command, recovered, SIGKILL (down). With
+              ``--act`` (``policy.mode = "act"``) the daemon runs that command
+              itself, after the hang and after the kill, and the script reads
+              what it did from ``watchdogctl history --json``.
     split     the same server split over two GPUs (``--split-mode layer
               --tensor-split 1,1``): one target on both GPUs, one incident.
     nccl      two torch ranks joined by NCCL (scripts/gpu_nccl_server.py): idle,
@@ -80,6 +83,8 @@ class DaemonRun:
     work: Path
     targets_toml: str
     gpu_backend: str = "nvml"
+    #: "observe" (the script restarts servers itself) or "act" (the daemon does, through the target's restart).
+    policy_mode: str = "observe"
     phases: list[Phase] = field(default_factory=list)
     expect: list[dict[str, Any]] = field(default_factory=list)  # times are wall clock until written
     quiet: list[dict[str, Any]] = field(default_factory=list)
@@ -107,7 +112,7 @@ incident_context = "1h"
 log_format = "text"
 
 [policy]
-mode = "observe"
+mode = "{self.policy_mode}"
 
 {self.targets_toml}
 """
@@ -161,6 +166,36 @@ mode = "observe"
                         return entry.at.timestamp()
             time.sleep(1.0)
         return None
+
+    def wait_action(self, finding: str, target: str, after_wall: float, timeout: float) -> tuple[Incident, Any] | None:
+        """Wait until the daemon's own action on ``finding`` (started after ``after_wall``) has
+        finished and the incident says it recovered (act mode); the incident and the action."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for incident in self.incidents():
+                if incident.target != target:
+                    continue
+                for action in incident.actions:
+                    if (action.finding == finding and action.started.timestamp() >= after_wall - 1
+                            and action.finished is not None):
+                        verified = any(e.evidence.get("fixed_by") and e.at.timestamp() >= action.started.timestamp()
+                                       for e in incident.timeline)
+                        if verified or action.result != "ok":
+                            return incident, action
+            time.sleep(0.5)
+        return None
+
+    def history_json(self) -> list[dict[str, Any]]:
+        """``watchdogctl history --json`` against the running daemon, kept beside the results."""
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        done = subprocess.run([sys.executable, "-m", "watchdog", "--config", str(self.work / "watchdog.toml"),
+                               "history", "--json", "--limit", "100"], capture_output=True, env=env, timeout=60,
+                              check=False)
+        (self.out / f"{self.name}.history.json").write_bytes(done.stdout)
+        if done.returncode != 0:
+            log(f"history --json exited {done.returncode}: {done.stderr.decode(errors='replace')[-500:]}")
+            return []
+        return json.loads(done.stdout)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -408,16 +443,26 @@ command = ["/bin/sh", "{server.script}"]
 
 
 def run_llamacpp(out: Path, work: Path, binary: Path, model: Path, source: str, gpu_backend: str = "nvml",
-                 ngl: str = "99") -> dict[str, Any]:
-    """One GPU: idle, load, traffic, SIGSTOP hang → restart → recovered, kill → down."""
+                 ngl: str = "99", act: bool = False) -> dict[str, Any]:
+    """One GPU: idle, load, traffic, SIGSTOP hang → restart → recovered, kill → down.
+
+    ``act``: ``policy.mode = "act"``: the daemon restarts the server itself through the target's
+    ``restart.command`` (after the hang, and after the kill), verifies with a canary and records
+    the action; the script only waits for it. Otherwise the script runs the restart command.
+    """
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     server = LlamaServer(binary, model, work, port, ["-ngl", ngl], gpus="0" if gpu_backend == "nvml" else "")
     CLEANUP.append(server.kill)
-    run = DaemonRun("llamacpp", out, work, llama_target("llama", port, server), gpu_backend=gpu_backend)
+    run = DaemonRun("llamacpp", out, work, llama_target("llama", port, server), gpu_backend=gpu_backend,
+                    policy_mode="act" if act else "observe")
     run.source = source
-    run.notes.append("policy.mode = \"observe\" (the act package, issue 12, is not on main yet): the script ran the "
-                     "target's own restart command after the hang, as the daemon would in act mode")
+    if act:
+        run.notes.append("policy.mode = \"act\": the daemon restarted the server itself, through the target's "
+                         "restart.command (the script sent the signals only)")
+    else:
+        run.notes.append("policy.mode = \"observe\": the script ran the target's own restart command after the "
+                         "hang, as the daemon would in act mode")
     first = run.phase("load: llama-server starts and loads the model onto the GPU, the daemon starts")
     server.restart()
     run.start()
@@ -435,32 +480,105 @@ def run_llamacpp(out: Path, work: Path, binary: Path, model: Path, source: str, 
     run.quiet.append({"from": first, "to": time.time(), "note": "start, load, idle with the model held, "
                       "four concurrent streams, idle"})
     onset = run.phase("SIGSTOP: the server freezes with its model held")
+    old_pid = server.pid
     server.signal(signal.SIGSTOP)
     item: dict[str, Any] = {"finding": "hang", "target": "llama", "onset": onset, "raise_by": onset + 30}
     run.expect.append(item)
     raised = run.wait_for("hang", "llama", onset, 45)
     item["_live_raised"] = raised
-    time.sleep(3)
-    restart = run.phase("restart: the target's restart command (kill -9, start again)")
-    server.restart()
-    healthy = server.wait_healthy()
+    if act:
+        acted = _daemon_restart(run, server, "hang", onset, old_pid, "restart by the daemon: its restart.command "
+                                "(kill -9, start again), then a verification canary")
+        restart = acted or time.time()
+        healthy = server.wait_healthy()
+    else:
+        time.sleep(3)
+        restart = run.phase("restart: the target's restart command (kill -9, start again)")
+        server.restart()
+        healthy = server.wait_healthy()
+        run.notes.append(f"restart command to /health answering: {healthy - restart:.1f} s")
     item["until"] = time.time() + 20
-    run.notes.append(f"restart command to /health answering: {healthy - restart:.1f} s")
     run.phase("recovered: idle, then one stream")
     time.sleep(10)
     with Streams(server.url, "model", 1):
         time.sleep(10)
     time.sleep(6)
     run.quiet.append({"from": item["until"], "to": time.time(), "note": "after the restart: recovered, serving"})
-    onset = run.phase("SIGKILL: the server dies and nothing restarts it")
+    onset = run.phase("SIGKILL: the server dies" + (" (the daemon restarts it)" if act else
+                                                    " and nothing restarts it"))
+    old_pid = server.pid
     server.kill()
     down: dict[str, Any] = {"finding": "down", "target": "llama", "onset": onset, "raise_by": onset + 30}
     run.expect.append(down)
     down["_live_raised"] = run.wait_for("down", "llama", onset, 40)
-    time.sleep(3)
+    if act:
+        _daemon_restart(run, server, "down", onset, old_pid, "restart by the daemon after the kill, then a "
+                        "verification canary")
+        down["until"] = server.wait_healthy() + 10
+        run.phase("recovered again: idle")
+        time.sleep(15)
+        run.quiet.append({"from": down["until"], "to": time.time(), "note": "after the second restart"})
+        run.history_json()
+    else:
+        time.sleep(3)
     run.phase("end")
-    result = run.finish(lambda data: _recovery(data, restart - 0.0, run))
+    result = run.finish(lambda data: _recovery(data, restart - 0.0, run) + (_act_checks(run) if act else []))
     return result
+
+
+#: What the daemon did in act mode, per finding: raised, action started/finished, recovered (wall times).
+ACTED: dict[str, dict[str, Any]] = {}
+
+
+def _daemon_restart(run: DaemonRun, server: LlamaServer, finding: str, onset: float, old_pid: int,
+                    phase: str) -> float | None:
+    """Wait for the daemon's restart after ``finding``; put its start on the time line; the wall time."""
+    found = run.wait_action(finding, "llama", onset, 150)
+    if found is None:
+        run.notes.append(f"act: the daemon did not act on {finding} within 150 s")
+        ACTED[finding] = {"problem": "no action"}
+        return None
+    incident, action = found
+    started = action.started.timestamp()
+    run.phases.append(Phase(started, phase))
+    log(f"phase (from the daemon's action record): {phase}")
+    raised = next((f.raised_at.timestamp() for f in incident.findings if f.finding == finding), None)
+    recovered_entry = next((e for e in incident.timeline if e.evidence.get("fixed_by")
+                            and e.at.timestamp() >= started), None)
+    ACTED[finding] = {
+        "incident": incident.id, "onset": onset, "raised": raised, "action": action.action,
+        "method": action.method, "result": action.result, "detail": action.detail,
+        "started": started, "finished": action.finished.timestamp() if action.finished else None,
+        "recovered_at": recovered_entry.at.timestamp() if recovered_entry else None,
+        "recovered_after_s": recovered_entry.evidence.get("recovered_after_s") if recovered_entry else None,
+        "verified": recovered_entry.evidence.get("verified") if recovered_entry else None,
+        "old_pid": old_pid, "new_pid": server.pid,
+    }
+    a = ACTED[finding]
+    text = (f"act on {finding}: {action.action} ({action.method}) {action.result}; started "
+            f"{started - onset:.1f} s after the onset" + (f", {started - raised:.1f} s after the raise" if raised else "")
+            + (f", command took {a['finished'] - started:.2f} s" if a["finished"] else "")
+            + f"; recovered_after_s {a['recovered_after_s']} ({a['verified']}); pid {old_pid} → {a['new_pid']}")
+    run.notes.append(text)
+    log(text)
+    return started
+
+
+def _act_checks(run: DaemonRun) -> list[str]:
+    """Act mode: each finding got exactly one restart by the daemon, ok and verified."""
+    problems = []
+    (run.out / f"{run.name}.acted.json").write_text(json.dumps(ACTED, indent=1))
+    history = json.loads((run.out / f"{run.name}.history.json").read_text() or "[]")
+    actions = [a for i in history for a in i.get("actions", [])]
+    for finding in ("hang", "down"):
+        mine = [a for a in actions if a.get("finding") == finding]
+        if len(mine) != 1 or mine[0]["action"] != "restart" or mine[0]["result"] != "ok":
+            problems.append(f"{finding}: actions {mine}, not one restart that went ok")
+        if not ACTED.get(finding, {}).get("recovered_after_s"):
+            problems.append(f"{finding}: no recovered_after_s")
+    if any(a.get("manual") for a in actions):
+        problems.append("a manual action was recorded")
+    return problems
 
 
 def _recovery(data: dict[str, Any], restart_wall: float, run: DaemonRun) -> list[str]:

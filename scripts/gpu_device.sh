@@ -1,7 +1,7 @@
 #!/bin/bash
 # Run the GPU validation modes on a GPU host with no network (scripts/gpu_validate.py --mode ...).
 #
-#   scripts/gpu_device.sh BUNDLE OUT STEP...      STEP: env build model nccl nccl-fallback llamacpp split
+#   scripts/gpu_device.sh BUNDLE OUT STEP...      STEP: env build model nccl nccl-fallback llamacpp llamacpp-act split
 #
 # BUNDLE holds what the host cannot fetch: site.tar.gz (the package's runtime dependencies
 # missing there, installed for its Python with pip --target), code/ (this repository's
@@ -39,6 +39,7 @@ step_build() {
   mkdir -p $LLB && cp -a /tmp/llbuild/bin $LLB/
   echo "built llama-server in $(( $(date +%s) - started )) s" | tee -a "$RES/build.log"
   tail -5 "$RES/build.log" > "$OUT/build-tail.txt"
+  [ "${KEEP_BIN:-1}" = 1 ] || return 0   # KEEP_BIN=0: no llama-bin.tar.xz (xz of the CUDA build takes a while)
   (cd /tmp && tar cJf "$OUT/llama-bin.tar.xz" llb) && ls -la "$OUT/llama-bin.tar.xz"
   if [ "$(stat -c %s "$OUT/llama-bin.tar.xz")" -gt 16000000 ]; then rm -f "$OUT/llama-bin.tar.xz"; fi
 }
@@ -63,6 +64,7 @@ for step in "$@"; do
     nccl) run_mode nccl 420 ;;                                   # the hang within 60 s (engine steps)
     nccl-fallback) run_mode nccl 420 --busy-stall-after 120 --expect-within 0 ;;  # as recorded 2026-12-01
     llamacpp) run_mode llamacpp 240 ;;
+    llamacpp-act) run_mode llamacpp 300 --act ;;                 # the daemon restarts it (policy.mode act)
     split) run_mode split 180 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

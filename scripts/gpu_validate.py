@@ -522,7 +522,7 @@ def _device_mode(args: argparse.Namespace, modes: Any, out: Path, work: Path, so
     if args.mode == "llamacpp":
         result = modes.run_llamacpp(out, work / "llamacpp", Path(args.llama_server), Path(args.model), source,
                                     gpu_backend="none" if args.dry_run else "nvml",
-                                    ngl="0" if args.dry_run else "99")
+                                    ngl="0" if args.dry_run else "99", act=args.act)
     elif args.mode == "split":
         result = modes.run_split(out, work / "split", Path(args.llama_server), Path(args.model), source)
     else:
@@ -542,6 +542,8 @@ def main() -> None:
     parser.add_argument("--toy-python", default=sys.executable, help="the interpreter with torch (default: this one)")
     parser.add_argument("--llama-server", default="llama-server", help="llama-server built with CUDA")
     parser.add_argument("--model", default="model.gguf", help="the GGUF to serve (scripts/gguf_random.py)")
+    parser.add_argument("--act", action="store_true", help='llamacpp: policy.mode = "act": the daemon restarts '
+                        "the server through its restart.command (default: observe; the script restarts it)")
     parser.add_argument("--prefill-s", type=float, default=90.0, help="nccl: length of the long prefill")
     parser.add_argument("--busy-stall-after", type=float, default=None,
                         help="nccl: override the target's busy_stall_after (default: the daemon's)")

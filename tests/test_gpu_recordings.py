@@ -16,12 +16,13 @@ from pathlib import Path
 from watchdog.commands.replay import replay_file
 from watchdog.config import parse_config
 from watchdog.trace.io import read_trace
-from watchdog.trace.records import Canary, GpuSample, ProcessSample, ServerPoll
+from watchdog.trace.records import Canary, Event, GpuSample, ProcessSample, ServerPoll
 
 GPU = Path(__file__).parent / "traces" / "gpu"
 SPLIT = GPU / "llamacpp-split-2xh200.trace.jsonl"
 NCCL = GPU / "nccl-tp2-2xh200.trace.jsonl"
 LLAMA = GPU / "llamacpp-h200.trace.jsonl"
+ACT = GPU / "llamacpp-act-h200.trace.jsonl"
 
 
 def expectation(path: Path) -> dict:
@@ -125,3 +126,27 @@ def test_after_the_restart_a_canary_passed_within_seconds() -> None:
     restarted = pids[1][0]
     passed = [r for r in trace.records if isinstance(r, Canary) and r.ok and r.t >= restarted]
     assert passed and passed[0].t - restarted < 10
+
+
+def test_in_act_mode_the_daemon_restarted_the_server_itself_after_the_hang_and_the_kill() -> None:
+    """Its own restarts are in its recording (events by the watchdog, right after each finding's
+    onset), each followed by a new server process holding the GPU and a canary that passed."""
+    trace = read_trace(ACT)
+    expect = expectation(ACT)
+    onsets = {item["finding"]: item["onset"] for item in expect["expect"]}
+    started = [r for r in trace.records if isinstance(r, Event) and r.event == "restart_started"]
+    finished = [r for r in trace.records if isinstance(r, Event) and r.event == "restart_finished"]
+    assert [r.extra.get("by") for r in started + finished] == ["watchdog"] * 4
+    assert onsets["hang"] < started[0].t < onsets["hang"] + 30
+    assert onsets["down"] < started[1].t < onsets["down"] + 30
+    pids = []
+    for record in trace.records:
+        if isinstance(record, ProcessSample) and record.pid and (not pids or pids[-1][1] != record.pid):
+            pids.append((record.t, record.pid))
+    assert len(pids) == 3  # the server it hung, the one the daemon started, the one it started after the kill
+    for (restart, done), (_, pid) in zip(zip(started, finished), pids[1:], strict=True):
+        passed = [r for r in trace.records if isinstance(r, Canary) and r.ok and r.t >= done.t]
+        assert passed and passed[0].t - restart.t < 15
+        held = [p.mem_mib for r in trace.records if isinstance(r, GpuSample) and restart.t < r.t < restart.t + 15
+                for p in r.procs if p.pid == pid]
+        assert held and max(held) > 2000  # the model back on the GPU (2.5 GiB held before the hang)

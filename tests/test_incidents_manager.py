@@ -192,11 +192,12 @@ def test_a_restart_reloads_open_incidents_and_carries_their_findings_over(tmp_pa
     assert again[0].kind == "updated" and not again[0].incident.findings[0].carried_over
     assert again[0].incident.findings[0].raised_at == hang.findings[0].raised_at
 
-    # vllm's degraded is never raised again: it is cleared after the grace, closing its incident.
+    # vllm's degraded is never raised again by a run that watches vllm: cleared after the grace.
+    second.record([ServerPoll(t=50.0, target="vllm", state="ready", running=1)])
     assert second.tick(119.0) == []
     expired = second.tick(121.0)
     assert [(e.kind, e.incident.target) for e in expired] == [("closed", "vllm")]
-    assert "assumed over" in expired[0].change.summary
+    assert "not raised again: over" in expired[0].change.summary
     assert [i.target for i in second.open_incidents()] == ["ollama"]
 
     # The recording went on across the restart with t moving forward (the new run's t + 1000 s).
@@ -448,3 +449,28 @@ def test_a_different_finding_soon_after_is_a_new_incident_not_a_flap(tmp_path):
     events = m.handle([raised(140.0, "ollama", "failed_unload")], [])
     assert [e.kind for e in events] == ["opened"] and events[0].incident.id == first.id + 1
     m.stop()
+
+def test_a_carried_over_hang_is_re_judged_from_evidence_never_by_the_timer(tmp_path):
+    first = manager(tmp_path, carryover_grace=60.0)
+    first.start(0.0)
+    first.handle([raised(10.0, "ollama", "hang"), raised(11.0, "vllm", "down")], records_between(0, 11))
+
+    second = manager(tmp_path, wall_start=WALL + 1000.0, carryover_grace=60.0)
+    second.start(0.0)
+    # The server says nothing (its status endpoint hangs, canaries time out) for ten graces:
+    still = [ServerPoll(t=t, target="ollama", state="error", error="timeout") for t in range(1, 600, 5)]
+    still += [Canary(t=t + 0.5, target="ollama", ok=False, error="timeout") for t in range(1, 600, 20)]
+    still += [ServerPoll(t=t, target="vllm", state="down", error="refused") for t in range(1, 600, 5)]
+    events = second.record(sorted(still, key=lambda r: r.t))
+    assert not [e for e in events if e.kind == "closed"]
+    incidents = {i.target: i for i in second.open_incidents()}
+    assert set(incidents) == {"ollama", "vllm"}
+    for incident in incidents.values():
+        assert all("assumed over" not in entry.summary for entry in incident.timeline)
+        assert "no fresh evidence that it is over" in incident.timeline[-1].summary
+    # Evidence that it is over clears it at once, saying why.
+    answered = second.record([Canary(t=700.0, target="ollama", ok=True, ttft_s=0.2),
+                              ServerPoll(t=700.0, target="vllm", state="ready")])
+    closed = {e.incident.target: e.change.summary for e in answered if e.kind == "closed"}
+    assert "a canary got through" in closed["ollama"]
+    assert "the server answers" in closed["vllm"]

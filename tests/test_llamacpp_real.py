@@ -39,8 +39,8 @@ def llama_target(server: LlamaServer, url: str | None = None, canary: dict[str, 
     """A llamacpp target for ``server`` (through ``url`` if a proxy stands in front of it).
 
     The process is named by its command line: with a proxy in front, the process
-    listening on the URL's port is the test itself. Observe mode: nothing acts
-    (the tests that act, at the end, restart through ``server.restart_command``).
+    listening on the URL's port is the test itself. Observe mode: nothing acts (the
+    act-mode tests at the end restart it through ``server.restart_command``).
     """
     return {
         "name": "llama",
@@ -279,77 +279,73 @@ def test_restart_command_restarts_a_stopped_server_on_the_same_port(llama_server
     assert not Path(f"/proc/{old_pid}").exists()  # killed and reaped, not left a zombie
 
 
-# --------------------------------------------------------------------------- acting on it (policy.mode = "act")
+# --- act mode: the daemon restarts the real server through its restart command ------------------
+
+ACT_POLICY = '[policy]\nmode = "act"\ncooldown = "1s"\ngrace = "30s"\n'
 
 
-def acting_target(server: LlamaServer) -> dict[str, Any]:
-    """The llama target with restarts through the fixture's ``restart_command`` (same port, the test's child)."""
-    return {**llama_target(server), "restart": {"method": "command", "command": server.restart_command}}
-
-
-def start_acting_daemon(tmp_path: Path, target: dict[str, Any]) -> tuple[Path, DaemonProcess]:
-    """The daemon in ``mode = "act"`` with the default policy (ladders, budget, cooldown, grace)."""
+def start_acting_daemon(tmp_path: Path, server: LlamaServer) -> tuple[Path, DaemonProcess]:
+    """A daemon in act mode whose target restarts ``server`` on its port (``restart_command``)."""
+    target = llama_target(server)
+    target.pop("restart")
     config = write_config(tmp_path / "w.toml", tmp_path, [target], gpu_dir=None)
-    text = config.read_text()
-    assert '[policy]\nmode = "observe"\n' in text
-    config.write_text(text.replace('[policy]\nmode = "observe"\n', '[policy]\nmode = "act"\n'))
+    text = config.read_text().replace('[policy]\nmode = "observe"\n', "")
+    restart = ("[targets.restart]\nmethod = \"command\"\n"
+               f"command = {json.dumps(server.restart_command)}\ntimeout = \"90s\"\n")
+    config.write_text(ACT_POLICY + text + restart)
     daemon = DaemonProcess(config, tmp_path)
     wait_for(lambda: (s := status_json(config)) and s["daemon"]["ready"], 60, "the daemon to be ready")
     return config, daemon
 
 
-def recovered_incident(config: Path, finding: str) -> dict[str, Any] | None:
-    """The incident that raised ``finding`` once the watchdog has verified its fix."""
-    return next((i for i in incidents(config) if i["recovered_after_s"] is not None
-                 and any(f["finding"] == finding for f in i["findings"])), None)
+def recovered(config: Path, finding: str) -> dict[str, Any] | None:
+    """The first incident of ``finding`` once a verification canary passed after its action."""
+    for incident in incidents(config):
+        if any(f["finding"] == finding for f in incident["findings"]) and incident["recovered_after_s"] is not None:
+            return incident
+    return None
 
 
-def test_sigstop_hang_is_restarted_by_the_command_and_a_canary_passes(tmp_path: Path,
-                                                                      llama_server: LlamaServer) -> None:
-    config, daemon = start_acting_daemon(tmp_path, acting_target(llama_server))
+def assert_restarted(incident: dict[str, Any], old_pid: int, server: LlamaServer) -> None:
+    restarts = [a for a in incident["actions"] if a["action"] == "restart"]
+    assert restarts and (restarts[0]["method"], restarts[0]["result"]) == ("command", "ok"), incident["actions"]
+    assert restarts[0]["started"] and restarts[0]["finished"]
+    assert server.pid != old_pid and server.alive()
+    assert 0 < incident["recovered_after_s"] < 180
+
+
+def test_sigstop_hang_is_restarted_by_the_daemon_and_a_canary_passes_again(
+        tmp_path: Path, llama_server: LlamaServer) -> None:
+    config, daemon = start_acting_daemon(tmp_path, llama_server)
     try:
         wait_for(lambda: passing_canary(config), 60, "a passing canary")
         old_pid = llama_server.pid
         llama_server.pause()
-        paused_at = time.monotonic()
-        incident = wait_for(lambda: recovered_incident(config, "hang"), 180, "the hang restarted and recovered")
-        took = time.monotonic() - paused_at
-        # The fixture restarted it because the watchdog ran its command: a new process on the same port.
-        assert llama_server.pid != old_pid and llama_server.alive()
-        assert not Path(f"/proc/{old_pid}").exists()
-        assert llama_server._control is not None and llama_server._control.requests == 1
-        [action] = incident["actions"]
-        assert (action["action"], action["method"], action["result"]) == ("restart", "command", "ok"), action
-        assert incident["findings"][0]["finding"] == "hang"
-        # Its own restart is not reported as "down".
-        assert not any(f["finding"] == "down" for i in incidents(config) for f in i["findings"])
-        # The verifying canary passed; the target is back to ok with a fresh canary.
-        target = wait_for(lambda: (t := passing_canary(config, newer_than_s=30)) and not t["findings"] and t, 60,
-                          "ok after the restart")
-        assert target["state"] == "ok"
+        stopped_at = time.monotonic()
+        incident = wait_for(lambda: recovered(config, "hang"), 180, "the hang restarted and recovered")
+        took = time.monotonic() - stopped_at
+        assert_restarted(incident, old_pid, llama_server)
+        assert not any(f["finding"] == "down" for f in incident["findings"]), incident["findings"]
         assert httpx.get(f"{llama_server.url}/health", timeout=10).json() == {"status": "ok"}
-        print(f"SIGSTOP → hang → restart (command) → canary passed: recovered {incident['recovered_after_s']} s "
-              f"after the hang was raised, {took:.1f} s after SIGSTOP")
+        wait_for(lambda: passing_canary(config, newer_than_s=30), 60, "a passing canary after the restart")
+        print(f"SIGSTOP → hang → restart → recovered in {took:.1f} s "
+              f"(recovered_after_s {incident['recovered_after_s']:.1f})")
     finally:
         llama_server.resume()
         assert daemon.stop() == 0, daemon.log_text()[-3000:]
 
 
-def test_killed_server_is_down_restarted_and_recovered(tmp_path: Path, llama_server: LlamaServer) -> None:
-    config, daemon = start_acting_daemon(tmp_path, acting_target(llama_server))
+def test_killed_server_is_down_then_restarted_and_recovered(tmp_path: Path, llama_server: LlamaServer) -> None:
+    config, daemon = start_acting_daemon(tmp_path, llama_server)
     try:
         wait_for(lambda: passing_canary(config), 60, "a passing canary")
+        old_pid = llama_server.pid
         llama_server.kill()
         killed_at = time.monotonic()
-        incident = wait_for(lambda: recovered_incident(config, "down"), 180, "down restarted and recovered")
+        incident = wait_for(lambda: recovered(config, "down"), 180, "down restarted and recovered")
         took = time.monotonic() - killed_at
-        assert llama_server.alive()
-        [action] = incident["actions"]
-        assert (action["action"], action["method"], action["result"]) == ("restart", "command", "ok"), action
-        assert not any(f["finding"] == "hang" for f in incident["findings"]), incident["findings"]
-        wait_for(lambda: (t := target_status(config)) and not t["findings"] and passing_canary(config, 30), 60,
-                 "ok after the restart")
-        print(f"SIGKILL → down → restart (command) → recovered {incident['recovered_after_s']} s after down was "
-              f"raised, {took:.1f} s after the kill")
+        assert_restarted(incident, old_pid, llama_server)
+        wait_for(lambda: (t := target_status(config)) and not t["findings"], 60, "down to clear")
+        print(f"SIGKILL → down → restart → recovered in {took:.1f} s")
     finally:
         assert daemon.stop() == 0, daemon.log_text()[-3000:]

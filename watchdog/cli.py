@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from watchdog import __version__
-from watchdog.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from watchdog.config.paths import CONFIG_ENV, DEFAULT_CONFIG_PATH
 from watchdog.exitcodes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
-from watchdog.logs import setup_logging
+
+if TYPE_CHECKING:
+    from watchdog.config import Config, ConfigError
+
+# Only click and the constants above are imported at start: each command imports what it
+# needs (the config models, the renderer, the control client...), so ``--version`` and
+# ``status`` do not pay for pydantic models, loguru or rich they do not use (issue 15).
 
 
 class Context:
@@ -30,6 +36,8 @@ class Context:
 
     def load(self, path: str | None = None) -> Config:
         """The config, or exit 2 with every problem listed."""
+        from watchdog.config import ConfigError, load_config
+
         try:
             return load_config(path or self.config_path)
         except ConfigError as exc:
@@ -38,6 +46,8 @@ class Context:
     def setup_logging(self, config: Config | None = None) -> None:
         fmt = self.log_format or (config.watchdog.log_format if config else "auto")
         level = self.log_level or (config.watchdog.log_level if config else "WARNING")
+        from watchdog.logs import setup_logging
+
         setup_logging(fmt, level)  # type: ignore[arg-type]
 
 
@@ -82,17 +92,28 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("file", required=False)
+@click.option("--strict", is_flag=True, help="Treat warnings (a secret that cannot be read now) as errors.")
 @pass_ctx
-def config_check(obj: Context, file: str | None) -> None:
+def config_check(obj: Context, file: str | None, strict: bool) -> None:
     """Validate FILE (default: the global --config) and print a summary.
 
     Exits 0 when valid; otherwise lists every problem with its key path and exits 2.
+    An env:/file: secret that cannot be read here is a warning (an error with --strict).
     """
     path = file or obj.config_path
     config = obj.load(path)
+    from watchdog.config.check import secret_problems
     from watchdog.config.summary import describe_config
 
-    click.echo(f"{path}: OK")
+    warnings = secret_problems(config)
+    if warnings and strict:
+        click.echo(f"error: {len(warnings)} secret(s) cannot be read (--strict):", err=True)
+        for problem in warnings:
+            click.echo(f"{path}: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+    for problem in warnings:
+        click.echo(f"warning: {path}: {problem}", err=True)
+    click.echo(f"{path}: OK" + (f" ({len(warnings)} warning(s))" if warnings else ""))
     for line in describe_config(config):
         click.echo(f"  {line}")
 
@@ -139,10 +160,16 @@ def replay_command(obj: Context, trace: str, replay_config: str | None, explain:
 
         try:
             expectation = json.loads(Path(expect_file).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            click.echo(f"error: cannot read the expectation file {expect_file}: {exc}", err=True)
+        except (OSError, ValueError, RecursionError) as exc:
+            click.echo(f"error: cannot read the expectation file {expect_file}: {type(exc).__name__}: "
+                       f"{str(exc)[:200]}", err=True)
             sys.exit(EXIT_USAGE)
-        report = check_expectations(result.findings, expectation)
+        try:
+            report = check_expectations(result.findings, expectation)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            click.echo(f"error: {expect_file} is not an expectation file (docs/trace-v1.md, \"Expectation "
+                       f"files\"): {type(exc).__name__}: {str(exc)[:200]}", err=True)
+            sys.exit(EXIT_USAGE)
         click.echo(f"expectations: {report}", err=True)
         if not report.ok:
             sys.exit(EXIT_FAILURE)
@@ -157,6 +184,7 @@ _socket_option = click.option(
 
 
 def _control_client(obj: Context, socket_path: str | None) -> Any:
+    from watchdog.config import ConfigError
     from watchdog.control.client import ControlClient, resolve_socket_path
 
     try:
@@ -184,7 +212,7 @@ def status_command(obj: Context, as_json: bool, socket_path: str | None) -> None
     import json
 
     from watchdog.control.client import ControlError, DaemonUnreachable
-    from watchdog.status import exit_code_for, render_status
+    from watchdog.status.summary import exit_code_for
 
     client = _control_client(obj, socket_path)
     try:
@@ -194,6 +222,8 @@ def status_command(obj: Context, as_json: bool, socket_path: str | None) -> None
     if as_json:
         click.echo(json.dumps(snapshot.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:
+        from watchdog.status.render import render_status  # rich: only for the table
+
         render_status(snapshot)
     sys.exit(exit_code_for(snapshot))
 
@@ -502,6 +532,8 @@ def probe(obj: Context, targets: tuple[str, ...], all_targets: bool, as_json: bo
 
     config = obj.load()
     # The tables say what went wrong; the log only adds what they cannot (unless asked).
+    from watchdog.logs import setup_logging
+
     setup_logging(obj.log_format or "text", obj.log_level or "ERROR")  # type: ignore[arg-type]
     known = [t.name for t in config.targets if t.enabled]
     if all_targets == bool(targets):

@@ -19,8 +19,27 @@ MASK = "***"
 _PATTERNS = (
     # scheme://user:password@host -> scheme://user:***@host
     (re.compile(r"(?P<keep>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)[^/\s@]+(?=@)"), r"\g<keep>" + MASK),
-    # Authorization: Bearer xyz / Basic xyz
-    (re.compile(r"(?P<keep>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{4,}", re.IGNORECASE), r"\g<keep>" + MASK),
+    # Authorization: Bearer xyz / Basic xyz. The scheme is written capitalised (or after
+    # "Authorization:"), and a credential is not an ordinary word: "a basic environment" or
+    # "the bearer cannot" stay as they are.
+    (
+        re.compile(r"(?P<keep>\bauthorization\b[\"']?\s*[:=]\s*[\"']?(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{4,}",
+                   re.IGNORECASE),
+        r"\g<keep>" + MASK,
+    ),
+    (
+        re.compile(r"(?P<keep>\b(?:Bearer|Basic|BEARER|BASIC)\s+)(?![a-z]+(?:[\s,;:!?)\]'\"]|\.(?:\s|$)|$))[A-Za-z0-9._~+/=-]{6,}"),
+        r"\g<keep>" + MASK,
+    ),
+    # Credentials in a query string: ?token=..., &api_key=..., &sig=...
+    (
+        re.compile(
+            r"(?P<keep>[?&][A-Za-z0-9_.-]*(?:token|key|secret|password|passwd|sig|signature|auth)"
+            r"[A-Za-z0-9_.-]*=)[^&\s\"'#]+",
+            re.IGNORECASE,
+        ),
+        r"\g<keep>" + MASK,
+    ),
     # api_key=..., token: ..., password = "..."
     (
         re.compile(

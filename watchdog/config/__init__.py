@@ -2,22 +2,27 @@
 
 Imports no other room of ours; every room may import it."""
 
-from watchdog.config.load import (
-    CONFIG_ENV,
-    DEFAULT_CONFIG_PATH,
-    ConfigError,
-    Problem,
-    load_config,
-    parse_config,
-)
-from watchdog.config.model import (
-    FINDINGS,
-    SERVER_KINDS,
-    CanarySettings,
-    Config,
-    DetectSettings,
-    TargetSettings,
-)
+from typing import TYPE_CHECKING
+
+from watchdog.config.paths import CONFIG_ENV, DEFAULT_CONFIG_PATH
+from watchdog.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from watchdog.config.load import ConfigError, Problem, load_config, parse_config
+    from watchdog.config.model import (
+        FINDINGS,
+        SERVER_KINDS,
+        CanarySettings,
+        Config,
+        DetectSettings,
+        TargetSettings,
+    )
+
+__getattr__ = lazy_exports(__name__, {
+    "ConfigError": "load", "Problem": "load", "load_config": "load", "parse_config": "load",
+    "FINDINGS": "model", "SERVER_KINDS": "model", "CanarySettings": "model", "Config": "model",
+    "DetectSettings": "model", "TargetSettings": "model",
+})
 
 __all__ = [
     "CONFIG_ENV",

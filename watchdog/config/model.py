@@ -95,7 +95,7 @@ GpuSelection = Annotated[Union[Literal["auto"], list[int]], BeforeValidator(_gpu
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class WatchdogSettings(Section):
@@ -312,6 +312,12 @@ class TargetSettings(Section):
             # Never echo the URL: it holds a credential.
             raise PydanticCustomError(
                 "http_url", "credentials do not belong in the URL: give the key as api_key = \"env:NAME\""
+            )
+        if parts.query or parts.fragment:
+            # Never echo the URL: a query string is where tokens hide (?token=..., ?key=...).
+            raise PydanticCustomError(
+                "http_url", "a query string does not belong in the server URL (it may hold a credential): "
+                "give the key as api_key = \"env:NAME\""
             )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PydanticCustomError(

@@ -1,7 +1,7 @@
-"""The daemon's control socket: the server (``watchdog.control.server``, aiohttp on a unix
-socket) and its client (``watchdog.control.client``).
+"""The daemon's control socket: the server (``watchdog.control.server``, asyncio and h11 on a
+unix socket) and its client (``watchdog.control.client``, the standard library's http.client).
 
-Only the client is imported here: ``watchdogctl status`` should not pay for aiohttp.
+Only the client is imported here: ``watchdogctl status`` pays for nothing but the stdlib.
 
 May import ``config/``, ``status.model``, ``incidents.model``/``recording``; the server is
 started by the daemon, the client used by ``cli.py``.

@@ -8,15 +8,20 @@ message that says what to check; an error the daemon answered becomes
 from __future__ import annotations
 
 import errno
+import http.client
+import json as _jsonlib
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import urlencode
 
-import httpx
-
-from watchdog.incidents.model import Incident
 from watchdog.status.model import ReloadStatus, StatusSnapshot
+
+if TYPE_CHECKING:  # imported where used: `watchdogctl status` has no use for the incident models
+    from watchdog.incidents.model import Incident
 
 SOCKET_ENV = "INFERENCE_WATCHDOG_SOCKET"
 
@@ -47,25 +52,30 @@ class ControlClient:
         if since:
             params["since"] = since
         data = self._json("GET", "/incidents", params=params)
+        from watchdog.incidents.model import Incident
+
         return [Incident.model_validate(item) for item in data.get("incidents", [])]
 
     def incident(self, incident_id: int) -> Incident:
+        from watchdog.incidents.model import Incident
+
         return Incident.model_validate(self._json("GET", f"/incidents/{int(incident_id)}"))
 
     def trace(self, incident_id: int, out: BinaryIO) -> int:
         """Write the incident's recording (trace-v1) to ``out``; returns the bytes written."""
         written = 0
-        with self._client() as client:
-            try:
-                with client.stream("GET", f"/incidents/{int(incident_id)}/trace") as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise ControlError(response.status_code, _message(response))
-                    for chunk in response.iter_bytes():
-                        out.write(chunk)
-                        written += len(chunk)
-            except httpx.HTTPError as exc:
-                raise self._unreachable(exc) from None
+        connection = self._connection()
+        try:
+            response = self._send(connection, "GET", f"/incidents/{int(incident_id)}/trace")
+            if response.status >= 400:
+                raise ControlError(response.status, _message(response.status, response.read(64 * 1024)))
+            while chunk := response.read(256 * 1024):
+                out.write(chunk)
+                written += len(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            connection.close()
         return written
 
     def save_trace(self, incident_id: int, path: str | Path) -> int:
@@ -102,26 +112,35 @@ class ControlClient:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _client(self) -> httpx.Client:
+    def _connection(self) -> _UnixConnection:
         self._check_socket()
-        return httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.path)),
-            base_url="http://watchdog",
-            timeout=self.timeout,
-        )
+        return _UnixConnection(str(self.path), self.timeout)
 
-    def _json(self, method: str, url: str, **kwargs: Any) -> Any:
-        with self._client() as client:
-            try:
-                response = client.request(method, url, **kwargs)
-            except httpx.HTTPError as exc:
-                raise self._unreachable(exc) from None
-        if response.status_code >= 400:
-            raise ControlError(response.status_code, _message(response))
+    def _send(self, connection: _UnixConnection, method: str, url: str,
+              body: bytes | None = None) -> http.client.HTTPResponse:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        connection.request(method, url, body=body, headers=headers)
+        return connection.getresponse()
+
+    def _json(self, method: str, url: str, params: dict[str, Any] | None = None, json: Any = None) -> Any:
+        """A request with an optional JSON body (``json``, as httpx names it), answered with JSON."""
+        if params:
+            url += "?" + urlencode(params)
+        body = None if json is None else _jsonlib.dumps(json).encode()
+        connection = self._connection()
         try:
-            return response.json()
-        except ValueError:
-            raise ControlError(response.status_code, "the daemon answered something that is not JSON") from None
+            response = self._send(connection, method, url, body)
+            status, data = response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            connection.close()
+        if status >= 400:
+            raise ControlError(status, _message(status, data))
+        try:
+            return _jsonlib.loads(data)
+        except (ValueError, RecursionError):
+            raise ControlError(status, "the daemon answered something that is not JSON") from None
 
     def _check_socket(self) -> None:
         if not self.path.exists():
@@ -134,8 +153,8 @@ class ControlClient:
         if not os.access(self.path, os.R_OK | os.W_OK):
             raise DaemonUnreachable(_permission(self.path))
 
-    def _unreachable(self, exc: httpx.HTTPError) -> DaemonUnreachable:
-        if isinstance(exc, httpx.TimeoutException):
+    def _unreachable(self, exc: BaseException) -> DaemonUnreachable:
+        if isinstance(exc, TimeoutError):
             return DaemonUnreachable(
                 f"the daemon did not answer on {self.path} within {self.timeout:g} s: it may be wedged "
                 "(systemd restarts it when WatchdogSec is set)"
@@ -147,7 +166,38 @@ class ControlClient:
             return DaemonUnreachable(_permission(self.path))
         if cause is not None and cause.errno == errno.ENOENT:
             return DaemonUnreachable(f"no daemon: {self.path} does not exist")
-        return DaemonUnreachable(f"cannot talk to the daemon on {self.path}: {exc}")
+        if cause is not None and cause.errno == errno.EAGAIN:
+            return DaemonUnreachable(f"the daemon on {self.path} is too busy to accept a connection; try again")
+        return DaemonUnreachable(f"cannot talk to the daemon on {self.path}: {type(exc).__name__}: {exc}")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket: the standard library's client, no TLS, no proxies."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("watchdog", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        """Connect, retrying while the daemon's backlog is full (EAGAIN on a unix socket) until
+        the timeout: a crowd of other clients delays ``status``, it does not fail it."""
+        deadline = time.monotonic() + (self.timeout or 10.0)
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.unix_path)
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+            return
 
 
 def _os_error(exc: BaseException) -> OSError | None:
@@ -168,14 +218,14 @@ def _permission(path: Path) -> str:
     )
 
 
-def _message(response: httpx.Response) -> str:
+def _message(status: int, body: bytes) -> str:
     try:
-        data = response.json()
-    except ValueError:
-        return response.text.strip()[:200] or f"HTTP {response.status_code}"
+        data = _jsonlib.loads(body)
+    except (ValueError, RecursionError):
+        return body.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         return data["error"]
-    return f"HTTP {response.status_code}"
+    return f"HTTP {status}"
 
 
 def resolve_socket_path(option: str | None, config_path: str, config_explicit: bool) -> str:

@@ -44,7 +44,9 @@ class ControlSocket:
             pass
 
 
-def bind_control_socket(path: str | Path, group: str = "", mode: int = SOCKET_MODE) -> ControlSocket:
+def bind_control_socket(
+    path: str | Path, group: str = "", mode: int = SOCKET_MODE, backlog: int = 512
+) -> ControlSocket:
     """A listening unix stream socket at ``path`` (mode ``mode``, group ``group`` when set)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -72,7 +74,7 @@ def bind_control_socket(path: str | Path, group: str = "", mode: int = SOCKET_MO
                 ) from None
         os.rename(tmp, path)
         inode = os.lstat(path).st_ino
-        sock.listen(64)
+        sock.listen(backlog)
         sock.setblocking(False)
     except ControlSocketError:
         sock.close()

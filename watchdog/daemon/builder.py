@@ -30,6 +30,7 @@ from watchdog.listener import Component, ListenerFactory
 from watchdog.metrics.service import make_metrics
 from watchdog.notify.listener import make_notifier
 from watchdog.probes.base import Clock, Emit, MonotonicClock
+from watchdog.probes.known_models import KnownModels
 from watchdog.probes.suite import ProbeSuite
 from watchdog.redact import Redactor
 from watchdog.status import LatestRecords
@@ -110,9 +111,13 @@ def build(
     pipeline = Pipeline(make_engine(config, totals=gpu_totals), recorder, latest, incidents,
                         on_progress=notify.progress)
     hub = DaemonHub(config_path, config, clock, redactor, incidents, latest, pipeline)
+    known_models = KnownModels.in_state_dir(config.watchdog.state_dir)
 
     def suite_for(new_config: Config, old: ProbeSuite | None) -> ProbeSuite:
-        return make_suite(new_config, clock, pipeline.emit, reuse=old, **dict(suite_options or {}))
+        options = dict(suite_options or {})
+        # Each target's last known models, kept across restarts: canaries while a status endpoint fails.
+        options.setdefault("known_models", known_models)
+        return make_suite(new_config, clock, pipeline.emit, reuse=old, **options)
 
     parts = Parts(config=config, clock=clock, redactor=redactor, notify=notify, recorder=recorder,
                   incidents=incidents, pipeline=pipeline, hub=hub, scheduler=Scheduler(), make_suite=suite_for,

@@ -184,7 +184,9 @@ class Daemon:
     # --- reload ------------------------------------------------------------------------------------
 
     async def reload(self) -> ReloadStatus:
-        """Load the config file again; keep the running one if the new one is broken."""
+        """Load the config file again; keep the running one if the new one is broken, or if
+        switching to it fails for any reason (then the old one is started again, and ``status``
+        says so in ``daemon.last_reload``)."""
         async with self._reloading:
             at = datetime.now(timezone.utc)
             try:
@@ -194,29 +196,46 @@ class Daemon:
                     str(p) for p in exc.problems[:5])
                 _log.error(f"reload refused: {exc}")
                 return self._reloaded(ReloadStatus(at=at, ok=False, message=message))
+            except Exception as exc:  # noqa: BLE001 - whatever it is, the running config stays
+                _log.opt(exception=exc).error(f"reload refused: cannot load {self.config_path}: {exc!r}")
+                return self._reloaded(ReloadStatus(at=at, ok=False,
+                                                   message=f"kept the running config: cannot load it ({exc!r})"))
             if config == self.config:
                 _log.info("reload: no changes")
                 return self._reloaded(ReloadStatus(at=at, ok=True, message="no changes"))
-            self.notify.reloading()
-            _log.info("reloading the configuration")
             old = self.config
-            if config.watchdog.state_dir != old.watchdog.state_dir:
-                _log.warning("reload: state_dir changes take effect at the next restart")
-            await self._apply_config(config)
-            if (config.watchdog.control_socket, config.watchdog.control_group) != (
-                    old.watchdog.control_socket, old.watchdog.control_group):
-                if self.control is not None:
-                    await self.control.stop()
-                with contextlib.suppress(ControlSocketError):
-                    await self._start_control()
-            self.hub.ready = False
-            await self._start_probes(config)
-            for listener in self.parts.listeners:
+            try:
+                return await self._switch(config, old, at)
+            except Exception as exc:  # noqa: BLE001 - a reload must never leave the daemon blind
+                _log.opt(exception=exc).error(f"reload failed half-way ({exc!r}); going back to the running config")
                 try:
-                    await listener.reload(config)
-                except Exception as exc:  # noqa: BLE001 - one listener must not undo the reload of the rest
-                    _log.opt(exception=exc).error(f"reload: listener {listener.name} failed: {exc!r}")
-            return self._reloaded(ReloadStatus(at=at, ok=True, message="reloaded"))
+                    await self._switch(old, config, at)
+                except Exception as again:  # noqa: BLE001
+                    _log.opt(exception=again).critical(f"cannot restart the old config either: {again!r}")
+                return self._reloaded(ReloadStatus(at=at, ok=False,
+                                                   message=f"kept the running config: switching failed ({exc!r})"))
+
+    async def _switch(self, config: Config, old: Config, at: datetime) -> ReloadStatus:
+        """Apply ``config`` (coming from ``old``) everywhere and start its probes."""
+        self.notify.reloading()
+        _log.info("reloading the configuration")
+        if config.watchdog.state_dir != old.watchdog.state_dir:
+            _log.warning("reload: state_dir changes take effect at the next restart")
+        await self._apply_config(config)
+        if (config.watchdog.control_socket, config.watchdog.control_group) != (
+                old.watchdog.control_socket, old.watchdog.control_group):
+            if self.control is not None:
+                await self.control.stop()
+            with contextlib.suppress(ControlSocketError):
+                await self._start_control()
+        self.hub.ready = False
+        await self._start_probes(config)
+        for listener in self.parts.listeners:
+            try:
+                await listener.reload(config)
+            except Exception as exc:  # noqa: BLE001 - one listener must not undo the reload of the rest
+                _log.opt(exception=exc).error(f"reload: listener {listener.name} failed: {exc!r}")
+        return self._reloaded(ReloadStatus(at=at, ok=True, message="reloaded"))
 
     async def _apply_config(self, config: Config) -> None:
         """Reconfigure the long-lived parts in place: redaction, logging, incidents, recorder, engine."""

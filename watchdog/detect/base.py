@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,11 +20,19 @@ class Verdict:
 
 
 def raise_(summary: str, **evidence: Any) -> Verdict:
-    return Verdict(True, summary, evidence)
+    return Verdict(True, tidy(summary), evidence)
 
 
 def clear(summary: str, **evidence: Any) -> Verdict:
-    return Verdict(False, summary, evidence)
+    return Verdict(False, tidy(summary), evidence)
+
+
+_EMPTY_PARTS = re.compile(r"(?:;\s*)+(?=;|$)")
+
+
+def tidy(summary: str) -> str:
+    """A summary without the empty parts an absent clause leaves ("; ;", a trailing "; ")."""
+    return _EMPTY_PARTS.sub("", summary.strip()).rstrip("; ").strip()
 
 
 class TargetDetector:

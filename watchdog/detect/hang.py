@@ -100,7 +100,9 @@ class HangDetector(TargetDetector):
                 ttft = f"first token after {canary.ttft_s:.2f} s" if canary.ttft_s is not None else "answered"
                 return clear(f"a canary got through ({ttft})")
             return None
-        if canary.error in HANG_ERRORS:
+        if canary.error == "timeout" and (canary.tokens or 0) > 0:
+            self.failures.clear()  # tokens came, only too slowly for the whole deadline: slow, not hung
+        elif canary.error in HANG_ERRORS:
             if self.view.loading(_waited_from(canary), canary.t):
                 self.failures.clear()  # blocked on a model load: healthy
             else:

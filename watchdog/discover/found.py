@@ -19,7 +19,7 @@ class Answer:
 
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             return None
 
 

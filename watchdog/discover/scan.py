@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,7 +67,11 @@ def discover(
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda port: (port, _ask(host, port, timeout)), candidates))
     for port, answers in results:
-        identity = identify(answers)
+        try:
+            identity = identify(answers)
+        except Exception as exc:  # noqa: BLE001 - one strange server must not cost the other results
+            found.silent.append(Silent(port, f"answers that cannot be understood ({type(exc).__name__})"))
+            continue
         publisher = next((c for c in containers if port in c.published.values()), None)
         if identity is None and publisher is not None and all(a.status is None for a in answers.values()):
             # A known server image publishes this port but does not answer (starting, or
@@ -90,23 +95,30 @@ def _ask(host: str, port: int, timeout: float) -> dict[str, Answer]:
     """GET each probe path; stop early when nothing listens or the server does not answer."""
     answers: dict[str, Answer] = {}
     limits = httpx.Timeout(timeout, connect=min(timeout, 1.0))
-    with httpx.Client(timeout=limits, follow_redirects=False, trust_env=False) as client:
+    # identity: no compressed bodies, so MAX_BODY bounds memory (a gzip bomb cannot inflate here).
+    with httpx.Client(timeout=limits, follow_redirects=False, trust_env=False,
+                      headers={"Accept-Encoding": "identity"}) as client:
         for path in PROBE_PATHS:
-            answer = _get(client, f"http://{_url_host(host)}:{port}{path}")
+            answer = _get(client, f"http://{_url_host(host)}:{port}{path}", deadline=timeout * 2)
             answers[path] = answer
             if answer.status is None:
                 break  # refused or hung: asking the other paths would only cost more timeouts
     return answers
 
 
-def _get(client: httpx.Client, url: str) -> Answer:
+def _get(client: httpx.Client, url: str, deadline: float = 4.0) -> Answer:
+    """One GET, its body cut at MAX_BODY and its time at ``deadline`` (a server trickling
+    bytes resets httpx's read timeout with every byte)."""
+    ends = time.monotonic() + deadline
     try:
         with client.stream("GET", url) as response:
             body = bytearray()
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_raw():
                 body += chunk
                 if len(body) >= MAX_BODY:
                     break
+                if time.monotonic() > ends:
+                    return Answer(None, error="connected, but the answer trickles in too slowly (hung?)")
             return Answer(response.status_code, bytes(body[:MAX_BODY]).decode("utf-8", "replace"))
     except httpx.ConnectError:
         return Answer(None, error="nothing listening")

@@ -9,20 +9,45 @@ May import ``config/``, ``trace/``, ``detect.finding``, ``redact``, ``logs``; ne
 daemon, probes or the listeners (they import it).
 """
 
-from watchdog.incidents.events import EventBus, Listener
-from watchdog.incidents.manager import IncidentManager
-from watchdog.incidents.model import (
-    Incident,
-    IncidentEvent,
-    IncidentFinding,
-    RecordingInfo,
-    TimelineEntry,
-    severity_of,
-    worst,
-)
-from watchdog.incidents.recording import read_recording, recording_name
-from watchdog.incidents.service import ContextSource, DaemonClock, Incidents
-from watchdog.incidents.store import IncidentStore, StoreError
+from typing import TYPE_CHECKING
+
+from watchdog.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from watchdog.incidents.events import EventBus, Listener
+    from watchdog.incidents.manager import IncidentManager
+    from watchdog.incidents.model import (
+        Incident,
+        IncidentEvent,
+        IncidentFinding,
+        RecordingInfo,
+        TimelineEntry,
+        severity_of,
+        worst,
+    )
+    from watchdog.incidents.recording import read_recording, recording_name
+    from watchdog.incidents.service import ContextSource, DaemonClock, Incidents
+    from watchdog.incidents.store import IncidentStore, StoreError
+
+__getattr__ = lazy_exports(__name__, {
+    "EventBus": "events",
+    "Listener": "events",
+    "IncidentManager": "manager",
+    "Incident": "model",
+    "IncidentEvent": "model",
+    "IncidentFinding": "model",
+    "RecordingInfo": "model",
+    "TimelineEntry": "model",
+    "severity_of": "model",
+    "worst": "model",
+    "read_recording": "recording",
+    "recording_name": "recording",
+    "ContextSource": "service",
+    "DaemonClock": "service",
+    "Incidents": "service",
+    "IncidentStore": "store",
+    "StoreError": "store",
+})
 
 __all__ = [
     "ContextSource", "DaemonClock", "EventBus", "Incident", "IncidentEvent", "IncidentFinding",

@@ -11,9 +11,12 @@ Rules:
   incident closing (raise, clear, raise: a flapping target) gets that incident *reopened*, with
   ``flaps`` counted up, rather than a new one: one problem, one incident, one page;
 - after a restart, open incidents are reloaded; their raised findings are
-  *carried over* until the new run raises them again (they stay) or
-  ``carryover_grace`` passes without that (they are cleared, "assumed over"),
-  so an incident never stays open forever because the daemon restarted.
+  *carried over* and re-judged from what the new run observes, never dropped
+  by a timer alone: the new run raises them again (they stay), or shows they
+  are over (``hang``: a canary answers; ``down``: the server answers; they are
+  cleared at once, saying why), or, for the other findings, watches the target
+  for ``carryover_grace`` without raising them (cleared). A ``hang`` or ``down``
+  with no fresh evidence either way (the server says nothing) stays raised.
 
 The manager is synchronous and single-threaded; the async facade runs it in
 its worker thread. Its memory is the truth for the running daemon: when the
@@ -56,7 +59,7 @@ from watchdog.incidents.recording import (
 from watchdog.incidents.store import DB_NAME, IncidentStore
 from watchdog.logs import LogOnce
 from watchdog.redact import NO_SECRETS, Redactor
-from watchdog.trace.records import Header, Record
+from watchdog.trace.records import Canary, Header, Record, ServerPoll
 
 DEFAULT_RETENTION = 90 * 86400.0
 _TITLE_MAX = 200
@@ -117,6 +120,7 @@ class IncidentManager:
         self._next_prune = float("inf")  # set by the first prune, at start
         self._unsaved: dict[int, _Unsaved] = {}
         self._carry_until: float | None = None
+        self._watched: set[str] = set()  # targets the new run has observed since it started
         self._next_id = 1
         self._canary_counts: Counts = {}
         self._counts_flushed_t: float | None = None
@@ -147,8 +151,8 @@ class IncidentManager:
                 at=self._at(t),
                 kind="note",
                 summary=(
-                    f"daemon restarted {how}; raised findings ({names}) carried over until raised again, "
-                    f"cleared if not seen within {format_duration(self.carryover_grace)}"
+                    f"daemon restarted {how}; raised findings ({names}) carried over and re-judged from "
+                    "fresh evidence: kept while it shows them, cleared when it shows them over"
                 ),
             )
             incident = incident.model_copy(update={"findings": carried, "timeline": [*incident.timeline, entry]})
@@ -467,6 +471,8 @@ class IncidentManager:
                 events.extend(self.note(target, text, last_t))
         for tail in self._tails.values():
             self._append(tail.recording, [r for r in records if r.t is None or r.t <= tail.until_t], "tail")
+        if self._has_carried():
+            events.extend(self._rejudge(records))
         last = max((r.t for r in records if r.t is not None), default=None)
         if last is not None:
             events.extend(self.tick(last))
@@ -509,15 +515,23 @@ class IncidentManager:
             grace = format_duration(self.carryover_grace)
             for target, live in list(self._open.items()):
                 for finding in list(live.incident.findings):
-                    if finding.carried_over and finding.state == "raised":
-                        events.extend(
-                            self._clear(
-                                target,
-                                finding.finding,
-                                t,
-                                f"not raised again within {grace} after the daemon restarted: assumed over",
-                            )
+                    if not (finding.carried_over and finding.state == "raised"):
+                        continue
+                    if finding.finding in _NEEDS_PROOF or target not in self._watched:
+                        # No timer decides that a hang is over: only a canary that answers, a
+                        # server that answers. Without any observation, nothing is known either.
+                        events.extend(self.note(
+                            target, f"{finding.finding} still carried over after {grace}: no fresh evidence "
+                            "that it is over", t))
+                        continue
+                    events.extend(
+                        self._clear(
+                            target,
+                            finding.finding,
+                            t,
+                            f"watched for {grace} after the daemon restarted and not raised again: over",
                         )
+                    )
         for incident_id, tail in list(self._tails.items()):
             if t >= tail.until_t:
                 try:
@@ -529,6 +543,28 @@ class IncidentManager:
             self._flush()
         if t >= self._next_prune:
             self._prune(t)
+        return events
+
+    def _has_carried(self) -> bool:
+        return any(f.carried_over and f.state == "raised" for live in self._open.values()
+                   for f in live.incident.findings)
+
+    def _rejudge(self, records: Sequence[Record]) -> list[IncidentEvent]:
+        """Clear carried-over findings that fresh records prove over (see the module's rules)."""
+        events: list[IncidentEvent] = []
+        for record in records:
+            target = getattr(record, "target", None)
+            live = self._open.get(target) if isinstance(target, str) else None
+            if live is None:
+                continue
+            self._watched.add(live.incident.target)
+            for finding in list(live.incident.findings):
+                if not (finding.carried_over and finding.state == "raised"):
+                    continue
+                why = _proof_over(finding.finding, record)
+                if why is not None and record.t is not None:
+                    events.extend(self._clear(live.incident.target, finding.finding, record.t,
+                                              f"re-judged after the daemon restarted: {why}"))
         return events
 
     # --- queries ------------------------------------------------------------------------------
@@ -660,3 +696,18 @@ def _title(finding: str, summary: str) -> str:
     title = f"{finding}: {summary}" if summary else finding
     return title if len(title) <= _TITLE_MAX else title[: _TITLE_MAX - 1] + "…"
 
+
+_NEEDS_PROOF = frozenset({"hang", "down"})
+"""Carried-over findings that stay raised until an observation proves them over."""
+
+
+def _proof_over(finding: str, record: Record) -> str | None:
+    """Why ``record`` shows a carried-over ``finding`` is over, or None."""
+    if finding == "hang" and isinstance(record, Canary) and record.ok:
+        return "a canary got through"
+    if finding == "down":
+        if isinstance(record, ServerPoll) and record.state not in ("down",):
+            return f"the server answers (state {record.state})"
+        if isinstance(record, Canary) and record.error != "refused":
+            return "a canary was accepted"
+    return None

@@ -117,7 +117,7 @@ class RecordingFile:
         )
         recording = cls(path=path, scope=scope, max_bytes=max_bytes, redactor=redactor)
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
+        with _private_writer(tmp) as handle:
             handle.write(_dumps(encode_header(head)) + "\n")
             recording._handle = handle
             recording.append(context)
@@ -271,3 +271,14 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+RECORDING_MODE = 0o640
+"""Recordings hold server errors and log lines: readable by the watchdog's group, not by everyone,
+whatever the umask (the unit sets one; a manual run may not)."""
+
+
+def _private_writer(path: Path) -> IO[str]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, RECORDING_MODE)
+    os.fchmod(fd, RECORDING_MODE)
+    return open(fd, "w", encoding="utf-8")

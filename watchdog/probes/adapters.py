@@ -12,10 +12,11 @@ The kinds live in their own modules (``ollama``, ``vllm``, ``llamacpp``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -32,13 +33,28 @@ from watchdog.probes.http import (
     make_client,
     parse_json,
 )
+from watchdog.probes.known_models import KnownModels
 from watchdog.trace.records import ServerPoll
 
 StreamFormat = Literal["ndjson", "sse"]
+MAX_MODELS_PER_POLL = 256
+"""What one ServerPoll may list: an /api/ps of 38,000 models must not make every record (and the
+flight recorder holding thousands of them) megabytes large. The total is kept in ``extra``."""
 
 
 class StreamFormatError(ValueError):
     """A line of a canary stream that is not what this kind of server sends."""
+
+
+class ModelList(list):  # type: ignore[type-arg]
+    """The models a poll keeps (at most MAX_MODELS_PER_POLL), and how many the server listed."""
+
+    total: int = 0
+
+
+def kept_models(items: list[Any]) -> tuple[list[Any], int]:
+    """The entries worth parsing: parsing 38,000 (dates, names) would hold the loop for a second."""
+    return items[:MAX_MODELS_PER_POLL], len(items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +115,9 @@ class ServerAdapter(ABC):
     #: Whether every model the server lists is loaded (vLLM), or it may list models it
     #: would load on demand (generic OpenAI-compatible servers).
     lists_only_loaded_models = False
+    #: Whether an empty list from a successful poll means "nothing loaded" (Ollama's /api/ps),
+    #: so the last known models are forgotten and never get a canary that would load them.
+    empty_list_is_news = False
 
     kind: ClassVar[str]
     stream_format: ClassVar[StreamFormat] = "sse"
@@ -112,6 +131,7 @@ class ServerAdapter(ABC):
         transport: httpx.AsyncBaseTransport | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY,
         wall_clock: Clock = time.time,
+        known: KnownModels | None = None,
     ) -> None:
         self.target = target
         self.name = target.name
@@ -120,8 +140,11 @@ class ServerAdapter(ABC):
         self.max_body_bytes = max_body_bytes
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._canary_client: httpx.AsyncClient | None = None
         self._api_key: SecretValue | None = None
-        self.known_models: list[str] = []  # from the last poll that listed models
+        self.known = known if known is not None else KnownModels()
+        # From the last poll that listed models, or from the state dir (an earlier run).
+        self.known_models: list[str] = self.known.get(target.name)
 
     # --- HTTP plumbing ----------------------------------------------------------------------
 
@@ -137,10 +160,25 @@ class ServerAdapter(ABC):
         return self._api_key
 
     def client(self) -> httpx.AsyncClient:
-        """The shared client for status requests (canaries use their own)."""
+        """The shared client for status requests (canaries have their own pool: a canary stuck
+        on a hung server must not hold the connection a status poll needs)."""
         if self._client is None:
             self._client = self.new_client(connect_timeout=min(3.0, self.target.request_timeout))
         return self._client
+
+    def canary_client(self, *, connect_timeout: float) -> httpx.AsyncClient:
+        """The client canaries reuse, one per target: building a client per canary cost a third
+        of the daemon's busy time (issue 15). Rebuilt if the connect deadline changes."""
+        client = self._canary_client
+        if client is None or client.is_closed or client.timeout.connect != connect_timeout:
+            self._canary_client = client = self.new_client(connect_timeout=connect_timeout, read_timeout=None)
+        return client
+
+    @contextlib.asynccontextmanager
+    async def canary_session(self, *, connect_timeout: float) -> AsyncIterator[httpx.AsyncClient]:
+        """The canary client, borrowed for one canary: left open for the next (its connection
+        is closed by the canary itself when it stops reading a stream early)."""
+        yield self.canary_client(connect_timeout=connect_timeout)
 
     def new_client(self, *, connect_timeout: float, read_timeout: float | None = None) -> httpx.AsyncClient:
         return make_client(
@@ -162,13 +200,21 @@ class ServerAdapter(ABC):
         )
 
     async def get_json(self, path: str) -> Any:
-        _, body = await self.get(path)
-        return parse_json(body, path)
+        _, data = await fetch(
+            self.client(),
+            "GET",
+            path,
+            deadline=self.target.request_timeout,
+            max_bytes=self.max_body_bytes,
+            parse=lambda body: parse_json(body, path),
+        )
+        return data
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in (self._client, self._canary_client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._canary_client = None
 
     # --- polling ----------------------------------------------------------------------------
 
@@ -180,8 +226,13 @@ class ServerAdapter(ABC):
             parts = PollParts(state="down" if failure.code == "refused" else "error", error=failure.text)
         except Exception as exc:  # noqa: BLE001 - a probe never raises into the loop
             parts = PollParts(state="error", error=f"{BAD_RESPONSE}: {type(exc).__name__}")
-        if parts.state == "ready" and parts.models:
+        total = max(len(parts.models), getattr(parts.models, "total", 0))
+        if total > MAX_MODELS_PER_POLL:
+            parts.extra["models_total"] = total
+        parts.models = list(parts.models[:MAX_MODELS_PER_POLL])
+        if parts.state == "ready" and (parts.models or self.empty_list_is_news):
             self.known_models = [m.name for m in parts.models]
+            self.known.set(self.name, self.known_models)
         return ServerPoll(
             t=self.clock(),
             target=self.name,
@@ -263,7 +314,7 @@ def parse_sse_line(line: str) -> StreamStep | None:
         return StreamStep(done=True)
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise StreamFormatError("event data is not JSON") from None
     if not isinstance(data, dict):
         raise StreamFormatError("event data is not an object")
@@ -304,7 +355,7 @@ def parse_ollama_line(line: str) -> StreamStep | None:
         return None
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise StreamFormatError("stream line is not JSON") from None
     if not isinstance(data, dict):
         raise StreamFormatError("stream line is not an object")
@@ -343,8 +394,9 @@ def make_adapter(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
+    known: KnownModels | None = None,
 ) -> ServerAdapter:
-    """The adapter for a target's kind."""
+    """The adapter for a target's kind; ``known`` keeps its last known models (across restarts)."""
     from watchdog.probes.llamacpp import LlamaCppAdapter
     from watchdog.probes.ollama import OllamaAdapter
     from watchdog.probes.openai import OpenAIAdapter
@@ -356,4 +408,4 @@ def make_adapter(
         "llamacpp": LlamaCppAdapter,
         "openai": OpenAIAdapter,
     }
-    return kinds[target.kind](target, clock, transport=transport, max_body_bytes=max_body_bytes)
+    return kinds[target.kind](target, clock, transport=transport, max_body_bytes=max_body_bytes, known=known)

@@ -76,6 +76,8 @@ class _TargetView:
     gpus: set[int] = field(default_factory=set)
 
 
+LISTENING_CACHE_S = 1.0
+
 def unit_name(unit: str) -> str:
     """``ollama`` -> ``ollama.service``; names with a type suffix are kept."""
     return unit if "." in unit else f"{unit}.service"
@@ -139,6 +141,7 @@ class Attributor:
         self.proc_root = Path(proc_root)
         self.systemctl = list(systemctl)
         self.rescan_s = rescan_s
+        self._listening_cache: tuple[float, dict[int, int]] | None = None
         self._sticky: dict[tuple[int, float], str] = {}
         self._last_scan: dict[str, float] = {}
         self._lock = threading.RLock()
@@ -357,20 +360,33 @@ class Attributor:
 
     def _listener(self, port: int) -> int | None:
         try:
-            connections = psutil.net_connections(kind="tcp")
+            listening = self._listening()
         except (psutil.AccessDenied, OSError) as exc:
             self._log.problem(f"port{port}", f"cannot list listening sockets: {exc}")
             return None
-        for conn in connections:
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-                if _is_docker_proxy(conn.pid):
-                    self._log.problem(
-                        f"proxy{port}",
-                        f"port {port} is published by Docker (docker-proxy): set container = ... for this target",
-                    )
-                    return None
-                return conn.pid
-        return None
+        pid = listening.get(port)
+        if pid is not None and _is_docker_proxy(pid):
+            self._log.problem(
+                f"proxy{port}",
+                f"port {port} is published by Docker (docker-proxy): set container = ... for this target",
+            )
+            return None
+        return pid
+
+    def _listening(self) -> dict[int, int]:
+        """{port: pid} of the host's listening TCP sockets, read at most once a second: listing
+        them reads every process's descriptors, and at start-up every target found by its port
+        asked in turn (32 targets: 4 s in the first GPU round, issue 15)."""
+        cached = self._listening_cache
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < LISTENING_CACHE_S:
+            return cached[1]
+        table: dict[int, int] = {}
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid:
+                table.setdefault(conn.laddr.port, conn.pid)
+        self._listening_cache = (now, table)
+        return table
 
 
 def _ancestry(pid: int) -> set[int]:

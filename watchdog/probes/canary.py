@@ -9,7 +9,9 @@ Three parts, from pure to I/O:
   same server is in flight, never while the server says it is loading.
 - :func:`send_canary` sends one and times it, with separate deadlines: connect,
   first token, stall between tokens (a stream that stops mid-way is
-  ``stalled``), and the whole request.
+  ``stalled``), and the whole request. It stops reading (and closes the
+  stream) once ``max_tokens`` tokens came, whether or not the server ends the
+  stream: a server that streams without end is generating, not hung.
 - :class:`CanaryProbe` puts them together for one target and emits ``Canary``
   records.
 """
@@ -17,6 +19,7 @@ Three parts, from pure to I/O:
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +38,10 @@ from watchdog.probes.http import (
     HTTP_5XX,
     REFUSED,
     TIMEOUT,
+    CappedDecoder,
     HttpFailure,
     classify,
+    iter_decoded,
     read_capped,
 )
 from watchdog.probes.lines import LineSplitter
@@ -45,6 +50,13 @@ from watchdog.trace.records import Canary, ServerPoll
 STALLED = "stalled"
 MAX_STREAM_BYTES = 1024 * 1024
 MAX_STREAM_LINE = 256 * 1024
+MAX_TOKENS_TAIL_S = 2.0
+"""After ``max_tokens`` tokens, how long the end of the answer (usage, timings, [DONE]) may take
+before reading stops anyway; a token beyond ``max_tokens`` stops it at once."""
+JITTER = 0.1
+"""Each routine canary waits up to this share of ``interval`` longer, drawn anew every
+time, so the canaries of many targets do not all go out in the same second (issue 15).
+Re-checks after a failure are not delayed."""
 REJECTED_FOR_S = 600.0
 """A model whose canary the server rejects (HTTP 4xx: an embedding model, a typo in
 canary.models) gets no canary for this long, so one bad model does not flood the trace."""
@@ -72,6 +84,7 @@ class CanaryPlanner:
     failures: int = 0
     last_progress: float | None = None
     server_state: str | None = None
+    extra_wait: float = 0.0  # jitter added to ``interval`` (set per canary by the probe)
     _last_counter: float | None = field(default=None, repr=False)
     _own_tokens: int = field(default=0, repr=False)
 
@@ -108,7 +121,7 @@ class CanaryPlanner:
                 return Decision(True, "re-checking after a failed canary", confirm=True)
             return Decision(False, "waiting to re-check a failed canary")
         proof = max(self.last_end, self.last_progress or self.last_end)
-        if now - proof >= self.interval:
+        if now - proof >= self.interval + self.extra_wait:
             return Decision(True, "due")
         if progress_since:
             return Decision(False, "real traffic shows progress")
@@ -138,6 +151,9 @@ class _Progress:
     last: float | None = None
     done: bool = False
     server_rate: float | None = None
+    max_tokens: int | None = None
+    cut: str | None = None  # why reading stopped before the server ended the answer
+    reached: float | None = None  # when max_tokens tokens had come
 
 
 class _Fail(Exception):
@@ -155,6 +171,7 @@ async def send_canary(
     *,
     model: str | None,
     monotonic: Clock = time.monotonic,
+    max_tokens: int | None = None,
 ) -> Canary:
     """Send one canary request and describe how it went. Never raises.
 
@@ -163,19 +180,29 @@ async def send_canary(
     stopped), ``refused``, ``http_5xx``, ``bad_response`` (not the stream this
     kind of server sends, or cut short), ``http_4xx: ...`` or a server's own
     error text.
+
+    With ``max_tokens``, reading stops once that many tokens came (``extra.cut``
+    says so): a stream that does not end by itself is still a working server.
+    A stream larger than the byte cap after tokens came is cut there, too.
     """
     started = clock()
-    progress = _Progress(t0=monotonic())
+    progress = _Progress(t0=monotonic(), max_tokens=max_tokens)
     error: str | None = None
     extra: dict[str, Any] = {}
     try:
         await _stream(adapter, request, deadlines, progress, monotonic)
     except _Fail as fail:
         error, extra = fail.error, dict(fail.extra)
+        if error == BAD_RESPONSE and fail.extra.get("oversize") and progress.tokens > 0:
+            # Tokens came, then more bytes than we read: it generates; stop reading there.
+            error, extra = None, {"cut": "byte_cap"}
+        extra.pop("oversize", None)
     except HttpFailure as failure:  # e.g. the API key reference cannot be read
         error, extra = failure.code, {"detail": failure.detail} if failure.detail else {}
     except Exception as exc:  # noqa: BLE001 - a probe never raises into the loop
         error, extra = "error", {"detail": type(exc).__name__}
+    if error is None and progress.cut is not None:
+        extra["cut"] = progress.cut
     tokens = progress.usage if progress.usage is not None else progress.tokens
     ttft = None if progress.first is None else round(progress.first - progress.t0, 4)
     rate = None
@@ -217,8 +244,7 @@ async def _stream(
             return _Fail(STALLED, phase="stream", after_tokens=progress.tokens)
         return _Fail(TIMEOUT, phase=phase)
 
-    client = adapter.new_client(connect_timeout=deadlines.connect, read_timeout=None)
-    async with client:
+    async with adapter.canary_session(connect_timeout=deadlines.connect) as client:
         http_request = client.build_request(request.method, request.path, json=request.body)
         phase = "first_token"
         try:
@@ -235,18 +261,23 @@ async def _stream(
             if response.status_code >= 300:
                 await _fail_status(response, min(total_at, monotonic() + 2.0) + offset)
             splitter = LineSplitter(MAX_STREAM_LINE)
-            received = 0
-            chunks = response.aiter_bytes().__aiter__()
+            decoder = CappedDecoder(response.headers.get("content-encoding", ""), MAX_STREAM_BYTES)
+            chunks = response.aiter_raw().__aiter__()
             while not progress.done:
                 if progress.first is None:
                     deadline, phase = min(first_at, total_at), "first_token" if first_at <= total_at else "total"
                 else:
                     stall_at = (progress.last or progress.first) + deadlines.stall
                     deadline, phase = min(stall_at, total_at), STALLED if stall_at <= total_at else "total"
+                    if progress.reached is not None and progress.reached + MAX_TOKENS_TAIL_S < deadline:
+                        deadline, phase = progress.reached + MAX_TOKENS_TAIL_S, "tail"
                 try:
                     async with asyncio.timeout_at(deadline + offset):
                         chunk = await chunks.__anext__()
                 except TimeoutError:
+                    if phase == "tail":
+                        progress.done, progress.cut = True, "max_tokens"  # all asked for came; the end did not
+                        return
                     raise expired(phase) from None
                 except StopAsyncIteration:
                     for line in splitter.flush():
@@ -260,13 +291,18 @@ async def _stream(
                         failure.code if failure.code != REFUSED else BAD_RESPONSE,
                         detail=failure.detail or "the stream broke off",
                     ) from None
-                received += len(chunk)
-                if received > MAX_STREAM_BYTES:
-                    raise _Fail(BAD_RESPONSE, detail=f"stream larger than {MAX_STREAM_BYTES} bytes")
-                for line in splitter.feed(chunk):
-                    _take_line(adapter, request, line, progress, monotonic)
-                    if progress.done:
-                        break
+                try:
+                    for piece in decoder.feed(chunk):
+                        for line in splitter.feed(piece):
+                            _take_line(adapter, request, line, progress, monotonic)
+                            if progress.done:
+                                break
+                        if progress.done:
+                            break
+                except HttpFailure as failure:
+                    raise _Fail(BAD_RESPONSE, detail=f"stream larger than {MAX_STREAM_BYTES} bytes"
+                                if failure.detail.startswith("body larger") else failure.detail,
+                                oversize=failure.detail.startswith("body larger")) from None
         finally:
             await response.aclose()
 
@@ -288,6 +324,14 @@ def _take_line(
             progress.first = now
         progress.last = now
         progress.tokens += step.tokens
+        if progress.max_tokens is not None and not step.done:
+            if progress.tokens > progress.max_tokens:
+                # More than asked for: a server that does not stop. Enough: stop reading (the
+                # stream is closed on the way out).
+                progress.done = True
+                progress.cut = "max_tokens"
+            elif progress.tokens == progress.max_tokens and progress.reached is None:
+                progress.reached = now  # the end of the answer (usage, timings) should follow
     if step.usage_tokens is not None:
         progress.usage = step.usage_tokens
     if step.server_tokens_per_s is not None:
@@ -301,7 +345,7 @@ async def _fail_status(response: Any, deadline_at: float) -> None:
     body = b""
     try:
         async with asyncio.timeout_at(deadline_at):
-            body = await read_capped(response.aiter_bytes(), 4096)
+            body = await read_capped(iter_decoded(response, 4096), 4096)
     except Exception:  # noqa: BLE001 - the status says enough
         pass
     detail = " ".join(body[:200].decode("utf-8", "replace").split())
@@ -349,6 +393,7 @@ class CanaryProbe:
         self.last: Canary | None = None
         self.last_skip: str = ""
         self._turn = 0
+        self._rng = random.Random()
         self._request_choice: dict[str | None, int] = {}
         self._rejected_until: dict[str | None, float] = {}
         self._log = LogOnce(f"canary.{adapter.name}")
@@ -398,6 +443,7 @@ class CanaryProbe:
         finally:
             self.planner.in_flight = False
         self.planner.note_result(canary)
+        self.planner.extra_wait = self._rng.uniform(0.0, JITTER * self.settings.interval)
         self.last = canary
         self.last_skip = ""
         self.emit(canary)
@@ -426,7 +472,8 @@ class CanaryProbe:
         canary: Canary | None = None
         for index in range(start, len(requests)):
             canary = await send_canary(
-                self.adapter, requests[index], deadlines, self.clock, model=choice.model, monotonic=self.monotonic
+                self.adapter, requests[index], deadlines, self.clock, model=choice.model, monotonic=self.monotonic,
+                max_tokens=self.settings.max_tokens,
             )
             if not _rejects_the_request(canary):
                 self._request_choice[choice.model] = index

@@ -82,6 +82,10 @@ def _mib(value: Any) -> int | None:
         return None
 
 
+FIRST_ROUND_DEADLINE_S = 10.0
+"""The deadline of the rounds before the first answer (start-up: attribution from scratch)."""
+
+
 @dataclass
 class _Mig:
     handle: Any
@@ -130,6 +134,7 @@ class GpuProbe:
         self.emit = emit
         self.attribute = attribute
         self.deadline = deadline
+        self._answered = False
         self.retry_init_s = retry_init_s
         self.no_driver_retry_s = no_driver_retry_s
         self.slow_every_s = slow_every_s
@@ -177,7 +182,12 @@ class GpuProbe:
         assert self.nvml is not None
         t = self.clock()
         try:
-            samples = await self._runner.run(self._sample_all, timeout=self.deadline)
+            # The first round attributes every GPU process to its target from scratch (a socket
+            # scan per target found by its port): at 32 targets on a busy host that took over
+            # the 1 s deadline and raised a false nvml_hung on every GPU at start (issue 15).
+            deadline = self.deadline if self._answered else max(self.deadline, FIRST_ROUND_DEADLINE_S)
+            samples = await self._runner.run(self._sample_all, timeout=deadline)
+            self._answered = True
         except (DeadlineExceeded, Busy) as exc:
             self._log.problem("hung", f"NVML did not answer: {exc}", level="ERROR")
             samples = self._error_samples(t, HUNG)

@@ -3,6 +3,12 @@
 Every request has a total deadline (httpx's read timeout restarts with each
 chunk, so a server trickling bytes would otherwise hold a probe forever) and a
 cap on the bytes read (a server answering a huge body must not fill memory).
+The cap applies to the *decoded* bytes: the body is read raw and inflated
+here with a bound on the output (``zlib``'s ``max_length``), so a gzip bomb
+(half a megabyte that inflates to half a gigabyte) costs no more memory than
+the cap. Only gzip and deflate are offered to the server, since only those can
+be inflated with such a bound.
+
 Failures become :class:`HttpFailure` with a ``code`` the trace spec knows
 (``refused``, ``timeout``, ``http_5xx``, ``bad_response``) and a short detail
 that never contains headers, so an API key cannot leak into a record or a log.
@@ -11,8 +17,12 @@ that never contains headers, so an API key cannot leak into a record or a log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import AsyncIterator
+import ssl
+import weakref
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -20,6 +30,17 @@ import httpx
 from watchdog.config.secrets import SecretValue
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
+LARGE_BODY = 256 * 1024
+"""A body above this is large: status bodies of healthy servers are a few kilobytes."""
+PIECE = 64 * 1024
+"""Decoded bytes come in pieces of at most this size (a 64 KiB gzip chunk can inflate to 64 MiB)."""
+LARGE_BODIES_AT_ONCE = 2
+"""How many large bodies are read (and parsed) at once in the whole process. The per-request
+cap bounds one body; this bounds them all, whatever the number of targets (45 hostile targets
+each sending 4 MiB at the same second would otherwise hold hundreds of MiB). A request waiting
+for its turn does so within its own deadline."""
+ACCEPT_ENCODING = "gzip, deflate"
+"""The encodings a body cap can be enforced on while inflating (not br, not zstd)."""
 REFUSED = "refused"
 TIMEOUT = "timeout"
 HTTP_5XX = "http_5xx"
@@ -96,6 +117,13 @@ def status_failure(status: int, body: bytes = b"") -> HttpFailure:
     return HttpFailure(code, detail, status=status)
 
 
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context for every client: httpx builds a new one (loading the CA bundle, tens of
+    milliseconds on the loop) for each client otherwise, and canaries make a client each."""
+    return ssl.create_default_context()
+
+
 def make_client(
     base_url: str,
     *,
@@ -106,7 +134,7 @@ def make_client(
 ) -> httpx.AsyncClient:
     """A client for one server. Proxies from the environment are ignored on purpose:
     the watchdog must see the server itself, not a proxy's view of it."""
-    headers = {"User-Agent": "inference-watchdog"}
+    headers = {"User-Agent": "inference-watchdog", "Accept-Encoding": ACCEPT_ENCODING}
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key.reveal()}"
     timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
@@ -117,7 +145,33 @@ def make_client(
         transport=transport,
         trust_env=False,
         follow_redirects=False,
+        verify=shared_ssl_context(),
     )
+
+
+_large_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+class _LargeBodySlot:
+    """One of the LARGE_BODIES_AT_ONCE turns, taken only once a body grows large."""
+
+    def __init__(self) -> None:
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def take(self) -> None:
+        if self._semaphore is not None:
+            return
+        loop = asyncio.get_running_loop()
+        semaphore = _large_slots.get(loop)
+        if semaphore is None:
+            semaphore = _large_slots[loop] = asyncio.Semaphore(LARGE_BODIES_AT_ONCE)
+        await semaphore.acquire()
+        self._semaphore = semaphore
+
+    def release(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+            self._semaphore = None
 
 
 async def fetch(
@@ -129,24 +183,117 @@ async def fetch(
     max_bytes: int = DEFAULT_MAX_BODY,
     json_body: Any = None,
     ok_statuses: tuple[int, ...] = (),
-) -> tuple[int, bytes]:
+    parse: Callable[[bytes], Any] | None = None,
+) -> tuple[int, Any]:
     """One request with a total deadline and a body cap.
 
     Returns (status, body) for 2xx and for ``ok_statuses``; raises HttpFailure
-    otherwise (5xx: http_5xx; 4xx: http_4xx; over the cap: bad_response).
+    otherwise (5xx: http_5xx; 4xx: http_4xx; over the cap: bad_response). With
+    ``parse``, the body is parsed while its large-body turn is held (parsing a large
+    JSON body costs several times its size), and (status, parsed) is returned.
     """
+    slot = _LargeBodySlot()
+    failure: HttpFailure | None = None
+    body = bytearray()
+    chunk = b""
     try:
         async with asyncio.timeout(deadline):
             async with client.stream(method, path, json=json_body) as response:
-                body = await read_capped(response.aiter_bytes(), max_bytes)
+                body = bytearray()
+                async for chunk in iter_decoded(response, max_bytes):
+                    body += chunk
+                    if len(body) > LARGE_BODY:
+                        await slot.take()
                 status = response.status_code
-    except HttpFailure:
-        raise
+            data = bytes(body)
+            body = bytearray()
+            ok = 200 <= status < 300 or status in ok_statuses
+            if ok and parse is not None:
+                return status, parse(data)
+    except HttpFailure as exc:
+        failure = HttpFailure(exc.code, exc.detail, exc.status)
     except Exception as exc:  # noqa: BLE001 - every transport failure becomes an observation
-        raise classify(exc) from None
-    if 200 <= status < 300 or status in ok_statuses:
-        return status, body
-    raise status_failure(status, body)
+        failure = classify(exc)
+        if failure is exc:
+            failure = HttpFailure(exc.code, exc.detail, exc.status)  # type: ignore[attr-defined]
+    finally:
+        slot.release()
+    if failure is not None:
+        # A fresh exception, raised from here with the buffers dropped: the one caught carries a
+        # traceback whose frames hold the body read so far (up to the cap), and an exception kept
+        # for a while (asyncio.gather's results, a reference cycle) would keep that alive.
+        body, chunk = bytearray(), b""  # noqa: F841 - dropped, not used
+        raise failure
+    if ok:
+        return status, data
+    raise status_failure(status, data)
+
+
+class CappedDecoder:
+    """Inflates a body chunk by chunk and refuses to produce more than ``max_bytes`` in all.
+
+    ``zlib``'s ``max_length`` bounds each step's output, so a bomb is refused after
+    ``max_bytes`` of output, not after it was inflated whole.
+    """
+
+    def __init__(self, content_encoding: str, max_bytes: int) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
+        codings = [c for c in codings if c and c != "identity"]
+        if len(codings) > 1:
+            raise HttpFailure(BAD_RESPONSE, "more than one content-encoding")
+        self.coding = codings[0] if codings else ""
+        if self.coding not in ("", "gzip", "x-gzip", "deflate"):
+            raise HttpFailure(BAD_RESPONSE, f"content-encoding {self.coding[:20]!r} was not asked for")
+        self.max_bytes = max_bytes
+        self.produced = 0
+        self._raw_deflate = False
+        self._inflater = self._new_inflater()
+
+    def _new_inflater(self) -> Any:
+        if self.coding in ("gzip", "x-gzip"):
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self.coding == "deflate":
+            return zlib.decompressobj(-zlib.MAX_WBITS if self._raw_deflate else zlib.MAX_WBITS)
+        return None
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """The decoded bytes of a raw chunk, in pieces of at most PIECE bytes (so a reader that
+        must wait for a large-body turn holds little): HttpFailure once over ``max_bytes``."""
+        if self._inflater is None:
+            yield self._count(chunk)
+            return
+        data, first = chunk, self.produced == 0
+        while True:
+            limit = min(PIECE, self.max_bytes - self.produced + 1)
+            try:
+                out = self._inflater.decompress(data, limit)
+            except zlib.error:
+                if self.coding == "deflate" and not self._raw_deflate and first and self.produced == 0:
+                    # Some servers send raw deflate (no zlib header), as httpx also allows.
+                    self._raw_deflate = True
+                    self._inflater = self._new_inflater()
+                    data = chunk
+                    continue
+                raise HttpFailure(BAD_RESPONSE, f"undecodable {self.coding} body") from None
+            if out:
+                yield self._count(out)
+            data = self._inflater.unconsumed_tail
+            if not data and len(out) < limit:
+                return
+
+    def _count(self, out: bytes) -> bytes:
+        self.produced += len(out)
+        if self.produced > self.max_bytes:
+            raise HttpFailure(BAD_RESPONSE, f"body larger than {self.max_bytes} bytes")
+        return out
+
+
+async def iter_decoded(response: httpx.Response, max_bytes: int) -> AsyncIterator[bytes]:
+    """The response body, decoded, in chunks; HttpFailure once more than ``max_bytes`` came out."""
+    decoder = CappedDecoder(response.headers.get("content-encoding", ""), max_bytes)
+    async for raw in response.aiter_raw():
+        for out in decoder.feed(raw):
+            yield out
 
 
 async def read_capped(chunks: AsyncIterator[bytes], max_bytes: int) -> bytes:
@@ -164,3 +311,5 @@ def parse_json(body: bytes, what: str) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise HttpFailure(BAD_RESPONSE, f"{what}: not JSON") from None
+    except RecursionError:
+        raise HttpFailure(BAD_RESPONSE, f"{what}: JSON nested too deeply") from None

@@ -37,6 +37,9 @@ from watchdog.trace.records import LogLine
 MAX_LINE = 8192
 CHUNK = 64 * 1024
 JOURNAL_MAX_JSON = 256 * 1024
+IDLE_POLL_S = 1.0
+"""A file that stays quiet is looked at every ``poll_s``, doubling up to this; new data
+brings it back to ``poll_s``. A log line that matters is seen within a second."""
 
 
 class LogSourceError(Exception):
@@ -63,11 +66,16 @@ class LogSource(ABC):
 # --- a file -----------------------------------------------------------------------------------
 
 class FileSource(LogSource):
-    """Follows a file like ``tail -F``: from its end, across rotations and truncations."""
+    """Follows a file like ``tail -F``: from its end, across rotations and truncations.
 
-    def __init__(self, path: str | Path, *, poll_s: float = 0.25, max_line: int = MAX_LINE) -> None:
+    Polls (no inotify: it works on every filesystem and in containers), every ``poll_s``
+    while lines come, backing off to ``idle_poll_s`` while the file is quiet."""
+
+    def __init__(self, path: str | Path, *, poll_s: float = 0.25, idle_poll_s: float = IDLE_POLL_S,
+                 max_line: int = MAX_LINE) -> None:
         self.path = Path(path)
         self.poll_s = poll_s
+        self.idle_poll_s = idle_poll_s
         self.max_line = max_line
         self.description = f"file {self.path}"
         self.rotations = 0
@@ -92,13 +100,14 @@ class FileSource(LogSource):
             while handle is None:  # not there yet: wait for it, then read it from its start
                 await asyncio.sleep(self.poll_s)
                 handle = await self._io(self._open, False)
+            wait = self.poll_s
             while True:
-                data = await self._io(handle.read, CHUNK)
+                data, change = await self._io(self._step, handle)
                 if data:
+                    wait = self.poll_s
                     for line in splitter.feed(data):
                         yield line
                     continue
-                change = await self._io(self._changed, handle)
                 if change == "rotated":
                     # The old file is complete: finish it, then go on with the new one from its start.
                     while data := await self._io(handle.read, CHUNK):
@@ -117,7 +126,8 @@ class FileSource(LogSource):
                     splitter = LineSplitter(self.max_line)
                     self.rotations += 1
                     continue
-                await asyncio.sleep(self.poll_s)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, max(self.idle_poll_s, self.poll_s))  # a quiet log is looked at less often
         finally:
             if handle is not None:
                 handle.close()
@@ -132,6 +142,12 @@ class FileSource(LogSource):
         if at_end:
             handle.seek(0, os.SEEK_END)
         return handle
+
+    def _step(self, handle: BinaryIO) -> tuple[bytes, str | None]:
+        """Read on; at the end, whether the file was rotated or truncated. One thread hop per
+        look instead of two (issue 15)."""
+        data = handle.read(CHUNK)
+        return (data, None) if data else (b"", self._changed(handle))
 
     def _changed(self, handle: BinaryIO) -> str | None:
         try:

@@ -20,10 +20,12 @@ from typing import Any
 from watchdog.probes.adapters import (
     CanaryChoice,
     CanaryRequest,
+    ModelList,
     PollParts,
     ServerAdapter,
     UnloadResult,
     bytes_to_mib,
+    kept_models,
 )
 from watchdog.probes.http import BAD_RESPONSE, HttpFailure, fetch, parse_json
 from watchdog.trace.records import LoadedModel, ServerPoll
@@ -46,8 +48,10 @@ def parse_ps(data: Any, wall_now: float) -> list[LoadedModel]:
         items = []
     if not isinstance(items, list):
         raise HttpFailure(BAD_RESPONSE, '/api/ps: no "models" list')
-    models = []
-    for item in items:
+    kept, total = kept_models(items)
+    models = ModelList()
+    models.total = total
+    for item in kept:
         if not isinstance(item, dict):
             raise HttpFailure(BAD_RESPONSE, "/api/ps: a model entry is not an object")
         name = item.get("name") or item.get("model")
@@ -86,6 +90,7 @@ class OllamaAdapter(ServerAdapter):
     kind = "ollama"
     stream_format = "ndjson"
     supports_unload = True
+    empty_list_is_news = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -139,8 +144,16 @@ class OllamaAdapter(ServerAdapter):
     def canary_choices(
         self, poll: ServerPoll | None, now: float, configured: Sequence[str]
     ) -> tuple[list[CanaryChoice], str]:
-        """Loaded models only, each with the keep_alive that leaves its expiry where it is."""
+        """Loaded models only, each with the keep_alive that leaves its expiry where it is.
+
+        When /api/ps fails (a hung Ollama stops answering it too), the canary is the only
+        evidence left: it goes to the models the last successful /api/ps listed (kept
+        across restarts), never to a model not seen loaded.
+        """
         if poll is None or poll.state != "ready":
+            last = [m for m in self.known_models if not configured or m in configured]
+            if last and (poll is None or poll.state == "error"):
+                return [CanaryChoice(m, keep_alive=None) for m in last], ""
             return [], "the loaded models are not known (no successful /api/ps yet)"
         loaded = {m.name: m for m in poll.models}
         names = [m for m in configured if m in loaded] if configured else list(loaded)

@@ -11,8 +11,10 @@ from typing import Any
 from watchdog.probes.adapters import (
     CanaryChoice,
     CanaryRequest,
+    ModelList,
     PollParts,
     ServerAdapter,
+    kept_models,
 )
 from watchdog.probes.http import BAD_RESPONSE, HttpFailure
 from watchdog.trace.records import LoadedModel
@@ -23,8 +25,10 @@ def parse_model_list(data: Any) -> list[LoadedModel]:
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise HttpFailure(BAD_RESPONSE, '/v1/models: no "data" list')
-    models = []
-    for item in items:
+    kept, total = kept_models(items)
+    models = ModelList()
+    models.total = total
+    for item in kept:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             raise HttpFailure(BAD_RESPONSE, '/v1/models: an entry has no "id"')
         models.append(LoadedModel(name=item["id"]))

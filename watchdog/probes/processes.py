@@ -9,6 +9,9 @@ process, so the first sample of a process has none.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,8 +101,9 @@ class ProcessProbe:
     def _look_all(self) -> list[ProcessSample]:
         samples = []
         alive: set[tuple[int, float]] = set()
+        table = _ProcessTable()  # children from the kernel's lists, or one scan shared by all targets
         for name in self.targets:
-            sample = self._look(name, alive)
+            sample = self._look(name, alive, table)
             if sample is not None:
                 samples.append(sample)
         for key in list(self._procs):
@@ -107,7 +111,7 @@ class ProcessProbe:
                 del self._procs[key]
         return samples
 
-    def _look(self, name: str, alive: set[tuple[int, float]]) -> ProcessSample | None:
+    def _look(self, name: str, alive: set[tuple[int, float]], table: _ProcessTable) -> ProcessSample | None:
         located = self.attributor.locate(name)
         self.located[name] = located
         t = self.clock()
@@ -130,9 +134,9 @@ class ProcessProbe:
                 rss = main.memory_info().rss
                 cpu = main.cpu_percent(None)
             tree_rss, tree_cpu = rss, cpu
-            for child in main.children(recursive=True):
+            for child in table.descendants(pid):
                 try:
-                    proc, _ = self._process(child.pid, alive)
+                    proc, _ = self._process(child, alive)
                     tree_rss += proc.memory_info().rss
                     tree_cpu += proc.cpu_percent(None)  # 0.0 on a child's first look
                 except psutil.Error:
@@ -167,3 +171,58 @@ class ProcessProbe:
         self._procs[key] = proc
         proc.cpu_percent(None)
         return proc, True
+
+
+@functools.cache
+def _children_files() -> bool:
+    """Whether the kernel lists each thread's children in /proc (CONFIG_PROC_CHILDREN)."""
+    return os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
+
+
+class _ProcessTable:
+    """The descendants of the targets' processes, for one round.
+
+    ``Process.children(recursive=True)`` reads the parent of every process on the host, and
+    did so once per target per round (issue 15). Here a tree is walked from the kernel's own
+    lists of children (/proc/PID/task/TID/children): reads proportional to the tree, not to
+    the host. Where the kernel has no such lists, every process is read once per round, and
+    shared by all targets."""
+
+    def __init__(self) -> None:
+        self._kids: dict[int, list[int]] | None = None if _children_files() else self._scan()
+
+    @staticmethod
+    def _scan() -> dict[int, list[int]]:
+        kids: dict[int, list[int]] = {}
+        for proc in psutil.process_iter(["ppid"]):
+            ppid = proc.info.get("ppid")
+            if ppid is not None:
+                kids.setdefault(ppid, []).append(proc.pid)
+        return kids
+
+    def children(self, pid: int) -> list[int]:
+        if self._kids is not None:
+            return self._kids.get(pid, [])
+        kids: list[int] = []
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    kids.extend(int(k) for k in fh.read().split())
+            except (OSError, ValueError):
+                continue  # the thread ended meanwhile
+        return kids
+
+    def descendants(self, pid: int) -> list[int]:
+        """Every process below ``pid`` now."""
+        found, todo, seen = [], [pid], {pid}
+        while todo:
+            for child in self.children(todo.pop()):
+                if child not in seen:
+                    seen.add(child)
+                    found.append(child)
+                    todo.append(child)
+        return found

@@ -34,6 +34,7 @@ from watchdog.probes.base import Clock, Emit
 from watchdog.probes.canary import CanaryProbe
 from watchdog.probes.dockerapi import DockerAccess
 from watchdog.probes.gpu import GpuProbe
+from watchdog.probes.known_models import KnownModels
 from watchdog.probes.logwatch import LogProbe, source_for
 from watchdog.probes.nvml import load_table
 from watchdog.probes.processes import ProcessProbe
@@ -102,7 +103,10 @@ class ProbeSuite:
         systemctl: Sequence[str] = ("systemctl",),
         targets: Sequence[str] | None = None,
         reuse: ProbeSuite | None = None,
+        known_models: KnownModels | None = None,
     ) -> None:
+        """``known_models``: where the last known models of each target are kept (the daemon
+        passes one in its state dir, so they survive a restart); default: in memory."""
         self.config = config
         self.clock = clock
         self.emit = emit
@@ -122,7 +126,7 @@ class ProbeSuite:
             if kept is not None and reuse is not None and reuse.same_target(settings, config):
                 self.targets[settings.name] = kept  # unchanged: its probes (and their state) carry on
                 continue
-            adapter = make_adapter(settings, clock, transport=transport)
+            adapter = make_adapter(settings, clock, transport=transport, known=known_models)
             canary = CanaryProbe(adapter, settings.canary, clock, emit)
             server = ServerProbe(adapter, emit, listeners=[canary.note_poll])
             source = source_for(settings, docker, journal_command)

@@ -197,6 +197,10 @@ def _target(
         state: Health = "critical" if any(f.severity == "critical" for f in findings) else "degraded"
     elif last_seen is None or now - last_seen > stale_after:
         state = "unknown"
+    elif poll is not None and poll.state in ("error", "down"):
+        # A status endpoint that fails (times out, trickles, answers garbage or an HTML page)
+        # proves nothing about health: never "ok" until it answers again or a finding says more.
+        state = "unknown"
     else:
         state = "ok"
     return TargetStatus(

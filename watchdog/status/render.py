@@ -15,7 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from watchdog.config.durations import format_duration
-from watchdog.exitcodes import EXIT_CRITICAL, EXIT_DEGRADED, EXIT_OK
 from watchdog.status.model import (
     ActiveFinding,
     GpuStatus,
@@ -23,40 +22,9 @@ from watchdog.status.model import (
     StatusSnapshot,
     TargetStatus,
 )
+from watchdog.status.summary import exit_code_for, summary_line  # noqa: F401 - re-exported
 
 _STYLE = {"ok": "green", "degraded": "yellow", "critical": "bold red", "unknown": "dim"}
-
-
-def exit_code_for(snapshot: StatusSnapshot) -> int:
-    """0 all ok; 1 degraded (a warning finding, or a target not observed lately); 2 critical.
-
-    (3, daemon unreachable, is the caller's: there is no snapshot then.)
-    """
-    if snapshot.state == "critical":
-        return EXIT_CRITICAL
-    if snapshot.state in ("degraded", "unknown"):
-        return EXIT_DEGRADED
-    return EXIT_OK
-
-
-def summary_line(snapshot: StatusSnapshot) -> str:
-    """One line for systemd's STATUS= and logs: "3 targets: 2 ok, 1 hang"."""
-    counts: dict[str, int] = {}
-    for target in snapshot.targets:
-        if target.findings:
-            label = "+".join(dict.fromkeys(f.finding for f in target.findings))
-        else:
-            label = target.state
-        counts[label] = counts.get(label, 0) + 1
-    order = sorted(counts, key=lambda k: (k != "ok", k == "unknown", k))
-    noun = "target" if len(snapshot.targets) == 1 else "targets"
-    line = f"{len(snapshot.targets)} {noun}: " + ", ".join(f"{counts[k]} {k}" for k in order) if counts else "no targets"
-    faulty = [g for g in snapshot.gpus if g.findings]
-    if faulty:
-        line += f"; {len(faulty)} GPU fault" + ("s" if len(faulty) > 1 else "")
-    if snapshot.daemon.problems:
-        line += f"; {len(snapshot.daemon.problems)} daemon problem" + ("s" if len(snapshot.daemon.problems) > 1 else "")
-    return line
 
 
 def render_status(snapshot: StatusSnapshot, console: Console | None = None) -> None:

@@ -14,7 +14,9 @@ import gzip
 import io
 import json
 import os
+import re
 import types
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,13 +322,33 @@ def iter_trace(lines: Iterable[str]) -> Iterator[Header | Record | TraceProblem]
     """
     header_seen = False
     last_t: float | None = None
-    for number, line in enumerate(lines, start=1):
+    number = 0
+    source = iter(lines)
+    while True:
+        try:
+            line = next(source)
+        except StopIteration:
+            return
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+            # A corrupt or truncated .gz (or a file that cannot be read on): what came before is kept.
+            yield TraceProblem(number + 1, f"the file cannot be read past here ({_unreadable(exc)}); the rest is lost")
+            return
+        number += 1
         if not line.strip():
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            yield TraceProblem(number, f"line longer than {MAX_LINE_CHARS} characters; skipped")
+            continue
+        if _UNDECODABLE.search(line):
+            yield TraceProblem(number, "not UTF-8 text; skipped")
             continue
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
             yield TraceProblem(number, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        except RecursionError:
+            yield TraceProblem(number, "JSON nested too deeply; skipped")
             continue
         if not isinstance(data, dict):
             yield TraceProblem(number, "expected a JSON object")
@@ -353,13 +375,32 @@ def iter_trace(lines: Iterable[str]) -> Iterator[Header | Record | TraceProblem]
         yield record
 
 
+MAX_LINE_CHARS = 4 * 1024 * 1024
+"""A record is a few hundred bytes; a line this long is damage, not data."""
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _unreadable(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "compressed data ends early"
+    if isinstance(exc, (zlib.error, gzip.BadGzipFile)):
+        return "corrupt compressed data"
+    return type(exc).__name__
+
+
 def open_text(path: str | Path) -> IO[str]:
-    """Open a trace for reading; ``.gz`` files are decompressed."""
+    """Open a trace for reading; ``.gz`` files are decompressed.
+
+    Bytes that are not UTF-8 are kept as surrogates (``surrogateescape``), so one bad byte
+    costs its line (reported and skipped by :func:`iter_trace`), not the whole replay.
+    """
+    if "\x00" in str(path):
+        raise TraceError(f"{str(path)!r}: the path contains a NUL byte")
     path = Path(path)
     try:
         if path.suffix == ".gz":
-            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-        return open(path, encoding="utf-8")
+            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="surrogateescape")
+        return open(path, encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise TraceError(f"{path}: cannot read ({exc.strerror})") from None
 
