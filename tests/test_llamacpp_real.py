@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.daemon_support import DaemonProcess, ctl, status_json, write_config
+from tests.infra.http_hold_proxy import HttpHoldProxy
 from tests.infra.llamacpp import LlamaServer, llama_server, tiny_gguf  # noqa: F401 - fixtures
 from tests.infra.tcp_proxy import TcpProxy
 from tests.paths import ROOT
@@ -192,6 +193,31 @@ def test_api_that_never_answers_is_a_hang_from_the_canaries(tmp_path: Path, llam
             assert entry["evidence"]["rule"] == "canaries", entry
             assert proxy.held_connections >= 2
             print(f"hang raised {took:.1f} s after the proxy stopped forwarding: {hung['findings'][0]['summary']}")
+            proxy.release()
+            wait_for(lambda: (t := target_status(config)) and not t["findings"], 60, "the hang to clear")
+        finally:
+            assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def test_generation_held_while_health_answers_is_a_hang_from_the_canaries(tmp_path: Path,
+                                                                          llama_server: LlamaServer) -> None:
+    # The case a /health probe cannot see: the HTTP layer answers, completions never come.
+    with HttpHoldProxy(llama_server.url) as proxy:
+        config, daemon = start_daemon(tmp_path, llama_target(llama_server, url=proxy.url))
+        try:
+            wait_for(lambda: passing_canary(config), 60, "a passing canary through the proxy")
+            proxy.hold()
+            held_at = time.monotonic()
+            hung = wait_for(lambda: raised(config, "hang"), 90, "hang raised while generation is held")
+            took = time.monotonic() - held_at
+            # Through the proxy, what a liveness probe asks still answers.
+            assert httpx.get(f"{proxy.url}/health", timeout=5).json() == {"status": "ok"}
+            assert httpx.get(f"{proxy.url}/slots", timeout=5).status_code == 200
+            assert proxy.held >= 2
+            entry = raised_entries(config, "hang")[0]
+            assert entry["evidence"]["rule"] == "canaries", entry
+            print(f"hang raised {took:.1f} s after generation was held, /health answering: "
+                  f"{hung['findings'][0]['summary']}")
             proxy.release()
             wait_for(lambda: (t := target_status(config)) and not t["findings"], 60, "the hang to clear")
         finally:

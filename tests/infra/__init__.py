@@ -30,6 +30,10 @@ too: pytest looks them up in the test module), for example::
   another binary.
 - :class:`~tests.infra.tcp_proxy.TcpProxy` (a class, not a fixture): a TCP proxy on
   127.0.0.1 whose ``hold()`` makes the API behind it silent while the server runs.
+- :class:`~tests.infra.http_hold_proxy.HttpHoldProxy` (a class): an HTTP reverse proxy
+  whose ``hold()`` leaves only the generation routes unanswered, so ``/health``,
+  ``/metrics`` and ``/slots`` keep answering through it (a hung engine behind a live
+  HTTP layer).
 - ``wheelhouse`` (session) -> a directory of wheels (the package from this tree and
   its dependencies) for ``install.sh --wheelhouse``.
 
