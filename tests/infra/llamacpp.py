@@ -31,6 +31,7 @@ would confuse process checks.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -85,73 +86,21 @@ class ModelRecipe:
     seed: int = 1234
 
     def key(self) -> str:
-        return recipe_key("llama gguf, byte vocab, f16 matrices, v1", repr(self))
-
-
-def byte_vocabulary() -> tuple[list[bytes], list[float], list[int]]:
-    """``<unk>``, ``<s>``, ``</s>``, the 256 byte tokens ``<0x00>``..``<0xFF>`` and ``▁``.
-
-    A SentencePiece ("llama") vocabulary with no words: every text falls back to
-    its bytes, so any prompt tokenizes and any output detokenizes.
-    """
-    from gguf import TokenType
-
-    tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)] + ["\u2581".encode()]
-    scores = [0.0] * len(tokens)
-    types = [int(TokenType.UNKNOWN), int(TokenType.CONTROL), int(TokenType.CONTROL)]
-    types += [int(TokenType.BYTE)] * 256 + [int(TokenType.NORMAL)]
-    return tokens, scores, types
+        return recipe_key("llama gguf, byte vocab, f16 matrices, scripts/gguf_random.py, v2", repr(self))
 
 
 def write_gguf(path: Path, recipe: ModelRecipe) -> None:
-    """A llama-architecture GGUF with random weights (f16 matrices, f32 norms)."""
+    """A llama-architecture GGUF with random weights, written by the same code the GPU
+    validation uses on its host (``scripts/gguf_random.py``), at the tiny recipe's size."""
+    spec = importlib.util.spec_from_file_location("iw_gguf_random", ROOT / "scripts" / "gguf_random.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     try:
-        import numpy as np
-        from gguf import GGUFWriter
-    except ImportError as exc:  # pragma: no cover - in [dev]
+        module.write_gguf(path, embedding=recipe.embedding, blocks=recipe.blocks, feed_forward=recipe.feed_forward,
+                          heads=recipe.heads, context=recipe.context, seed=recipe.seed)
+    except ImportError as exc:  # pragma: no cover - gguf and numpy are in [dev]
         raise InfraError(f"the gguf package is missing (pip install -e '.[dev]'): {exc}") from exc
-    rng = np.random.default_rng(recipe.seed)
-    tokens, scores, types = byte_vocabulary()
-    n_vocab, n_embd, n_ff = len(tokens), recipe.embedding, recipe.feed_forward
-    head_dim = n_embd // recipe.heads
-
-    def matrix(rows: int, cols: int) -> np.ndarray:
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
-
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_name("iw-tiny-random")
-    writer.add_context_length(recipe.context)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(recipe.blocks)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(recipe.heads)
-    writer.add_head_count_kv(recipe.heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_file_type(1)  # mostly f16
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(0)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    ones = np.ones(n_embd, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", matrix(n_vocab, n_embd))
-    writer.add_tensor("output_norm.weight", ones)
-    writer.add_tensor("output.weight", matrix(n_vocab, n_embd))
-    for i in range(recipe.blocks):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", ones)
-        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"blk.{i}.{name}.weight", matrix(n_embd, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", matrix(n_ff, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", matrix(n_ff, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", matrix(n_embd, n_ff))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
 def tiny_model_file(recipe: ModelRecipe = ModelRecipe()) -> Path:
