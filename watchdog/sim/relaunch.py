@@ -7,7 +7,7 @@ one too), starts a new one on the same port in its own session (it outlives the
 watchdog that ran this), waits until it answers, and exits 0. ``--runs FILE``
 appends one line per run (tests count restarts with it); ``--delay S`` waits
 before relaunching (a slow restart, to stop a watchdog mid-action);
-``--freeze`` SIGSTOPs the new one once it answers (a server that hangs again).
+``--freeze`` SIGSTOPs the new one as soon as it prints its ready line (a server that hangs again).
 
     python -m watchdog.sim.relaunch --pidfile P --port 11434 [--runs F] -- --kind ollama --gpu-dir G
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -66,9 +67,27 @@ def main(argv: list[str] | None = None) -> int:
     stop(args.pidfile)
     log = open(args.pidfile.with_suffix(".out"), "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", "watchdog.sim", "--port", str(args.port), *sim_args],
-                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.PIPE if args.freeze else log, stderr=log,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
     args.pidfile.write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + args.timeout
+    if args.freeze:
+        # Stopped the moment it prints its ready line, before anyone's request can get an answer
+        # (stopping it after our own request answered left a window for the watchdog's poll).
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                line = proc.stdout.readline()
+                if b'"ready"' in line:
+                    os.kill(proc.pid, signal.SIGSTOP)
+                    return 0
+                if not line:
+                    break
+            if proc.poll() is not None:
+                break
+        print("the simulator did not print its ready line", file=sys.stderr)
+        return 1
     url = f"http://127.0.0.1:{args.port}/_sim/state"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -76,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code < 500:
-                if args.freeze:
-                    os.kill(proc.pid, signal.SIGSTOP)
                 return 0
         time.sleep(0.1)
     print(f"the simulator did not answer on port {args.port} within {args.timeout:.0f} s", file=sys.stderr)
