@@ -19,7 +19,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,23 +142,9 @@ class IncidentStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """One atomic change: every write inside lands, or none does."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        try:
-            self._conn.execute("COMMIT")
-        except sqlite3.Error:
-            # A COMMIT that fails (busy, I/O error) leaves the transaction open: roll it
-            # back, or every later BEGIN fails and the store never recovers.
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
+        return transaction(self._conn)
 
     # --- writes -------------------------------------------------------------------------------
 
@@ -409,3 +395,22 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One atomic change on ``conn`` (the state and alert databases share it)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        # A COMMIT that fails (busy, I/O error) leaves the transaction open: roll it
+        # back, or every later BEGIN fails and the store never recovers.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from watchdog.incidents.store import transaction
 from watchdog.notify.alert import Alert
 
 DB_NAME = "alerts.db"
@@ -100,20 +100,8 @@ class Outbox:
     def close(self) -> None:
         self._conn.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[None]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        try:
-            self._conn.execute("COMMIT")
-        except sqlite3.Error:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            raise
+    def _tx(self) -> AbstractContextManager[None]:
+        return transaction(self._conn)
 
     # --- writes -------------------------------------------------------------------------------
 
