@@ -55,6 +55,21 @@ def test_garbage_is_not_read_as_metrics(body: str) -> None:
         parse_sums(body, ["x"])
 
 
+def test_bodies_off_the_fast_path_read_as_line_by_line() -> None:
+    """The whole-body check (issue 15) takes only plain bodies; CRLF line ends, padded or odd
+    numbers and line breaks hidden in comments go line by line, with the same result."""
+    wanted = ["vllm:num_requests_running", "vllm:num_requests_waiting"]
+    plain = 'vllm:num_requests_running{e="0"} 2\nvllm:num_requests_waiting 1e1\n# c\n'
+    assert parse_sums(plain, wanted) == {"vllm:num_requests_running": 2.0, "vllm:num_requests_waiting": 10.0}
+    assert parse_sums(plain.replace("\n", "\r\n"), wanted) == parse_sums(plain, wanted)
+    assert parse_sums("vllm:num_requests_running 1_0\n", wanted) == {"vllm:num_requests_running": 10.0}
+    assert parse_sums("  vllm:num_requests_running\t3 17\n", wanted) == {"vllm:num_requests_running": 3.0}
+    with pytest.raises(MetricsFormatError, match="line 2"):
+        parse_sums("# a comment\rnot a sample\n", wanted)
+    with pytest.raises(MetricsFormatError, match="not a number"):
+        parse_sums("vllm:num_requests_running 0x1\n", wanted)
+
+
 def test_absent_metrics_are_left_out_not_zero() -> None:
     assert parse_vllm_metrics("# nothing here\n") == {
         "running": None, "waiting": None, "gen_tokens_total": None, "kv_cache_usage": None,

@@ -154,3 +154,26 @@ def test_xid_events_after_registration_only(tmp_path):
     with pytest.raises(pynvml.NVMLError_Timeout):
         nvml.nvmlEventSetWait_v2(events, 50)
     nvml.nvmlEventSetFree(events)
+
+
+def test_xid_events_across_rewrites_that_keep_them(tmp_path, child):
+    """A simulator rewrites its file every 0.25 s with the same XIDs: that is no event, and the
+    watcher skips parsing it (issue 15); a new XID after such rewrites still is one, and so is an
+    XID a new writer of the same file reports."""
+    old = [{"seq": 1, "index": 0, "xid": 13, "pid": None, "time": 0}]
+    write(tmp_path, "a", writer=os.getpid(), devices=[{}], xids=old)
+    nvml = init(tmp_path)
+    events = nvml.nvmlEventSetCreate()
+    nvml.nvmlDeviceRegisterEvents(nvml.nvmlDeviceGetHandleByIndex(0), nvml.nvmlEventTypeXidCriticalError, events)
+    for util in (10, 20, 30):
+        write(tmp_path, "a", writer=os.getpid(), devices=[{"util": util}], xids=old)
+        os.utime(tmp_path / "a.json", ns=(util * 10**9, util * 10**9))  # a new stamp even on a coarse clock
+        with pytest.raises(pynvml.NVMLError_Timeout):
+            nvml.nvmlEventSetWait_v2(events, 0)
+    both = old + [{"seq": 2, "index": 0, "xid": 48, "pid": None, "time": 0}]
+    write(tmp_path, "a", writer=os.getpid(), devices=[{"util": 40}], xids=both)
+    assert nvml.nvmlEventSetWait_v2(events, 1000).eventData == 48
+    write(tmp_path, "a", writer=child, devices=[{}], xids=both)  # the same text, another writer: its own XIDs
+    assert [nvml.nvmlEventSetWait_v2(events, 1000).eventData for _ in range(2)] == [13, 48]
+    with pytest.raises(pynvml.NVMLError_Timeout):
+        nvml.nvmlEventSetWait_v2(events, 0)

@@ -398,11 +398,16 @@ def _ancestry(pid: int) -> set[int]:
 
 
 def _create_time(pid: int | None) -> float | None:
+    """When ``pid`` started, in clock ticks after boot (field 22 of /proc/PID/stat): with the pid,
+    the identity of a process (a reused pid starts later). Read directly: ``psutil.Process(pid)
+    .create_time()`` reads the same file and /proc/stat besides, for every process on every GPU
+    in every sampling round (issue 15)."""
     if pid is None:
         return None
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return float(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
 
 
