@@ -158,3 +158,40 @@ async def test_ten_minutes_of_a_simulated_server_round_trip(sim_factory: Any, tm
     assert recent.newest == records[-1].t and min(r.t for r in kept) >= recent.newest - 300.0
     assert len(kept) < len(records)
     assert kept == [r for r in records if r.t >= min(r.t for r in kept)]
+
+
+def test_records_are_kept_packed_and_come_back_equal() -> None:
+    """Issue 15: the recorder holds records as bytes, a third of the memory, and gives back
+    equal records, types kept exactly (int and float, list and tuple in ``extra``)."""
+    from watchdog.daemon.recorder import pack
+    from watchdog.trace.records import Event, GpuProc, LoadedModel, UnknownRecord
+
+    originals = [
+        GpuSample(t=1.25, index=3, util=87.0, mem_used_mib=70000, procs=[
+            GpuProc(pid=4001, mem_mib=69000, target="a", extra={"util": 40}), GpuProc(pid=9, mem_mib=None)],
+            temp_c=70.5, power_w=None, extra={"clock": [1, 2.5], "tuple": (1, "x")}),
+        Xid(t=2.0, index=1, xid=79, pid=None, extra={"unattributed": True}),
+        Canary(t=3.0, target="a", ok=False, model="m", started=2.5, error="timeout"),
+        ServerPoll(t=4.0, target="a", state="ready", running=3, gen_tokens_total=1e12,
+                   models=[LoadedModel("llama3:8b", 4096.0, 240.0, {"digest": "sha"}), LoadedModel("x")],
+                   extra={"steps_total": 12.0}),
+        ProcessSample(t=5.0, target="a", status="sleeping", pid=100, rss_mib=2048.5, cpu_percent=0.0),
+        LogLine(t=6.0, target="a", line="CUDA error: out of memory \u2603"),
+        Event(t=7.0, target="a", event="restart_started", model=None),
+    ]
+    rec = FlightRecorder(window_s=600.0)
+    for record in originals:
+        assert pack(record) is not None and len(pack(record)) < 300
+        rec.add(record)
+    back = rec.records()
+    assert back == originals and all(a is not b for a, b in zip(back, originals, strict=True))
+    assert type(back[0].extra["clock"]) is list and type(back[0].extra["tuple"]) is tuple
+    assert type(back[0].mem_used_mib) is int and type(back[3].extra["steps_total"]) is float
+
+    # What cannot be packed exactly is kept as it is: an object in extra, an integer time, unknown types.
+    odd = [LogLine(t=8.0, target="a", line="x", extra={"obj": object()}), poll(9),  # type: ignore[arg-type]
+           UnknownRecord(t=10.0, type="future", raw={"a": 1})]
+    for record in odd:
+        assert pack(record) is None
+        rec.add(record)
+    assert [r is o for r, o in zip(rec.records(since=8.0), odd, strict=True)] == [True, True, True]

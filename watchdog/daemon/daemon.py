@@ -296,7 +296,7 @@ class Daemon:
             if suite.target_gpus() != {name: seen.get(name, []) for name in suite.target_gpus()}:
                 self._update_header()
         await self.incidents.tick()
-        line = summary_line(await self.status())
+        line = await self._summary()
         if line != self._status_line:
             self._status_line = line
             self.notify.status(line)
@@ -308,7 +308,7 @@ class Daemon:
 
         async def announce() -> None:
             await self.pipeline.drain()
-            line = summary_line(await self.status())
+            line = await self._summary()
             self._status_line = line
             self.notify.ready(line)
             _log.info(f"ready: {line}")
@@ -329,6 +329,10 @@ class Daemon:
 
     async def status(self) -> StatusSnapshot:
         return await self.hub.status()
+
+    async def _summary(self) -> str:
+        """The one line for systemd's STATUS= and the log (it shows no action state)."""
+        return summary_line(await self.hub.status(with_actions=False))
 
     async def _start_control(self) -> None:
         path = Path(self.config.watchdog.control_socket)

@@ -94,10 +94,13 @@ class DaemonHub:
             return None
         return await suite.targets[target].canary.round(force=True)
 
-    async def status(self) -> StatusSnapshot:
+    async def status(self, *, with_actions: bool = True) -> StatusSnapshot:
+        """The snapshot ``watchdogctl status`` shows. ``with_actions=False`` leaves out each
+        target's action state (paused, restarts left: a look into the actor's database per
+        target), which the one-line summary the daemon writes every few seconds does not use."""
         config = self._config
         actions: Mapping[str, ActionStatus] = {}
-        if self.action_status is not None:
+        if with_actions and self.action_status is not None:
             try:
                 actions = await self.action_status()
             except Exception as exc:  # noqa: BLE001 - status answers even when the actor cannot

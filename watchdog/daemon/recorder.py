@@ -15,6 +15,15 @@ and the whole recorder ``max_bytes``; past a budget, the oldest records of the
 largest stream go first, so one noisy stream loses its own history, not the
 others'.
 
+Records are kept packed (issue 15): the record's time as 8 bytes, then its
+other fields as one ``marshal`` string (C, exact: floats bit for bit, int,
+bool, list, tuple and dict kept apart). A GPU sample holds about 130 bytes
+so instead of about 450 as objects (the record, its ``extra`` dict, its
+``procs`` list and their objects), and a full 15-minute window at 8 GPUs and
+4 targets about a third of the memory. :meth:`FlightRecorder.records` unpacks
+them into equal, new records. A record that cannot be packed exactly (a value
+of another type in ``extra``, a time that is not a float) is kept as it is.
+
 :meth:`FlightRecorder.write` writes a window as a trace-v1 file with a header
 made from the config and the GPUs seen, so an incident comes with its
 evidence and can be replayed.
@@ -22,18 +31,29 @@ evidence and can be replayed.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
+import marshal
+import struct
 import threading
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from watchdog.trace.io import write_trace
 from watchdog.trace.records import (
+    Canary,
+    Event,
     GpuDevice,
+    GpuProc,
     GpuSample,
     Header,
+    LoadedModel,
+    LogLine,
+    ProcessSample,
     Record,
+    ServerPoll,
     UnknownRecord,
     Xid,
 )
@@ -65,6 +85,64 @@ def approx_size(record: Record) -> int:
     return size
 
 
+# --- packed records ------------------------------------------------------------------------
+
+_PACKED_BASE = 64  # a bytes object's header and its place in the deque
+_T = struct.Struct("<d")
+_PACKED_CLASSES: tuple[type, ...] = (GpuSample, Xid, Canary, ServerPoll, ProcessSample, LogLine, Event)
+_CODES = {cls: code for code, cls in enumerate(_PACKED_CLASSES)}
+_FIELDS = tuple(tuple(f.name for f in dataclasses.fields(cls))[1:] for cls in _PACKED_CLASSES)  # all but t
+assert all(dataclasses.fields(cls)[0].name == "t" for cls in _PACKED_CLASSES)
+_PROC_FIELDS = tuple(f.name for f in dataclasses.fields(GpuProc))
+_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(LoadedModel))
+_NESTED = {"procs": (GpuProc, _PROC_FIELDS), "models": (LoadedModel, _MODEL_FIELDS)}
+
+_NESTED_AT = tuple(tuple((at, _NESTED[name][0]) for at, name in enumerate(fields) if name in _NESTED)
+                   for fields in _FIELDS)  # per class: where its lists of GpuProc / LoadedModel are
+Entry = Any  # bytes (a packed record) or the record itself
+
+
+def pack(record: Record) -> bytes | None:
+    """The record as bytes, or None when it cannot be packed exactly (then it is kept as is)."""
+    code = _CODES.get(type(record))
+    t = record.t
+    if code is None or type(t) is not float:
+        return None
+    values: list[Any] = [code]
+    for name in _FIELDS[code]:
+        value = getattr(record, name)
+        nested = _NESTED.get(name)
+        if nested is not None:
+            cls, fields = nested
+            if type(value) is not list or any(type(item) is not cls for item in value):
+                return None
+            value = tuple(tuple(getattr(item, f) for f in fields) for item in value)
+        values.append(value)
+    try:
+        return _T.pack(t) + marshal.dumps(tuple(values))
+    except ValueError:  # a value marshal cannot write exactly (an object in ``extra``)
+        return None
+
+
+def unpack(entry: Entry) -> Record:
+    """The record an entry holds (a new, equal one when it was packed)."""
+    if type(entry) is not bytes:
+        return entry
+    code, *values = marshal.loads(memoryview(entry)[_T.size:])
+    for at, cls in _NESTED_AT[code]:
+        values[at] = [cls(*item) for item in values[at]]
+    return _PACKED_CLASSES[code](_T.unpack_from(entry)[0], *values)
+
+
+def _entry_t(entry: Entry) -> float | None:
+    return _T.unpack_from(entry)[0] if type(entry) is bytes else entry.t
+
+
+def _entry_size(entry: Entry) -> int:
+    """The bytes an entry holds: exact for a packed record, :func:`approx_size` for the others."""
+    return _PACKED_BASE + len(entry) if type(entry) is bytes else approx_size(entry)
+
+
 def stream_key(record: Record) -> StreamKey:
     if isinstance(record, (GpuSample, Xid)):
         return (f"gpu:{record.index}", record.type)
@@ -90,7 +168,7 @@ class FlightRecorder:
         self.max_per_stream = max_per_stream
         self.max_bytes = max_bytes
         self.max_owner_bytes = min(max_owner_bytes, max_bytes)
-        self._streams: dict[StreamKey, deque[Record]] = {}
+        self._streams: dict[StreamKey, deque[Entry]] = {}
         self._stream_bytes: dict[StreamKey, int] = {}
         self._owner_bytes: dict[str, int] = {}
         self.bytes = 0
@@ -107,12 +185,14 @@ class FlightRecorder:
         """Keep a record (the probes' ``emit``)."""
         t = record.t
         key = stream_key(record)
-        size = approx_size(record)
+        packed = pack(record)
+        entry = record if packed is None else packed
+        size = _entry_size(entry)
         with self._lock:
             stream = self._streams.get(key)
             if stream is None:
                 stream = self._streams[key] = deque()
-            stream.append(record)
+            stream.append(entry)
             self._account(key, size)
             if len(stream) > self.max_per_stream:
                 self._pop(key)
@@ -132,7 +212,10 @@ class FlightRecorder:
     def _evict(self, oldest: float) -> None:
         for key in list(self._streams):
             stream = self._streams[key]
-            while stream and (stream[0].t is None or stream[0].t < oldest):
+            while stream:
+                t = _entry_t(stream[0])
+                if t is not None and t >= oldest:
+                    break
                 self._pop(key)
             if not stream:
                 self._forget(key)
@@ -148,7 +231,7 @@ class FlightRecorder:
         if not stream:
             return False
         assert key is not None
-        self._account(key, -approx_size(stream.popleft()))
+        self._account(key, -_entry_size(stream.popleft()))
         if not stream:
             self._forget(key)
         return True
@@ -181,9 +264,6 @@ class FlightRecorder:
         with self._lock:
             return sum(len(s) for s in self._streams.values())
 
-    def _in_window(self, record: Record) -> bool:
-        return self._newest is None or _t(record) >= self._newest - self.window_s
-
     def records(
         self,
         since: float | None = None,
@@ -202,11 +282,17 @@ class FlightRecorder:
             wanted = {f"target:{t}" for t in targets or ()} | {f"gpu:{g}" for g in gpus or ()}
         with self._lock:
             streams = [list(s) for (owner, _), s in self._streams.items() if wanted is None or owner in wanted]
-        merged = heapq.merge(*(sorted(s, key=_t) for s in streams), key=_t)
-        return [
-            r for r in merged
-            if self._in_window(r) and (since is None or _t(r) >= since) and (until is None or _t(r) <= until)
-        ]
+            newest = self._newest
+        low = newest - self.window_s if newest is not None else None
+        if since is not None:
+            low = since if low is None else max(low, since)
+        timed = []
+        for stream in streams:  # the times first: only the records asked for are unpacked
+            pairs = [(_t_or_low(_entry_t(e)), e) for e in stream]
+            timed.append(sorted(
+                (p for p in pairs if (low is None or p[0] >= low) and (until is None or p[0] <= until)),
+                key=_first))
+        return [unpack(entry) for _, entry in heapq.merge(*timed, key=_first)]
 
     def write(
         self,
@@ -224,5 +310,9 @@ class FlightRecorder:
         return len(records)
 
 
-def _t(record: Record) -> float:
-    return record.t if record.t is not None else float("-inf")
+def _t_or_low(t: float | None) -> float:
+    return t if t is not None else float("-inf")
+
+
+def _first(pair: tuple[float, Entry]) -> float:
+    return pair[0]
