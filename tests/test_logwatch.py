@@ -154,3 +154,37 @@ async def test_the_simulators_out_of_memory_lines(sim_factory: Any) -> None:  # 
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_quiet_file_is_watched_in_the_worker_without_hops_onto_the_loop(tmp_path: Path) -> None:
+    """Issue 15: the looks at a quiet file happen in the follower's worker; the loop hears only
+    news (or, every WATCH_S, that there was none)."""
+    path = tmp_path / "server.log"
+    path.write_text("")
+    source = FileSource(path, poll_s=0.01, idle_poll_s=0.02)
+    hops = 0
+    submit = source._runner.submit
+
+    def counting(*args: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return submit(*args)
+
+    source._runner.submit = counting  # type: ignore[method-assign]
+    lines: list[str] = []
+
+    async def read() -> None:
+        async for line in source.follow():
+            lines.append(line)
+
+    task = asyncio.create_task(read())
+    try:
+        await asyncio.wait_for(source.ready.wait(), 5)
+        await asyncio.sleep(1.0)  # 50 looks or more at 0.02 s
+        assert hops <= 3, hops  # the open, then one watch still running
+        append(path, OOM)
+        await until(lambda: lines == [OOM], 5.0, f"the line, have {lines}")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        source.close()

@@ -38,6 +38,7 @@ MAX_LINE = 8192
 CHUNK = 64 * 1024
 JOURNAL_MAX_JSON = 256 * 1024
 IDLE_POLL_S = 1.0
+WATCH_S = 5.0  # the longest one look-until-news runs in the worker before it reports back
 """A file that stays quiet is looked at every ``poll_s``, doubling up to this; new data
 brings it back to ``poll_s``. A log line that matters is seen within a second."""
 
@@ -85,15 +86,16 @@ class FileSource(LogSource):
     def close(self) -> None:
         self._runner.close()
 
-    async def _io(self, fn: Any, *args: Any) -> Any:
+    async def _io(self, fn: Any, *args: Any, timeout: float = 10.0) -> Any:
         try:
-            return await self._runner.run(fn, *args, timeout=10.0)
+            return await self._runner.run(fn, *args, timeout=timeout)
         except DeadlineExceeded as exc:
             raise LogSourceError(f"{self.path}: {exc}") from None
 
     async def follow(self) -> AsyncIterator[str]:
         handle: BinaryIO | None = None
         splitter = LineSplitter(self.max_line)
+        stop = threading.Event()
         try:
             handle = await self._io(self._open, True)
             self.ready.set()
@@ -102,7 +104,7 @@ class FileSource(LogSource):
                 handle = await self._io(self._open, False)
             wait = self.poll_s
             while True:
-                data, change = await self._io(self._step, handle)
+                data, change, wait = await self._io(self._watch, handle, wait, stop, timeout=WATCH_S + 10.0)
                 if data:
                     wait = self.poll_s
                     for line in splitter.feed(data):
@@ -121,16 +123,35 @@ class FileSource(LogSource):
                         handle = new
                         self.rotations += 1
                         continue
+                    await asyncio.sleep(wait)
                 elif change == "truncated":
                     await self._io(handle.seek, 0)
                     splitter = LineSplitter(self.max_line)
                     self.rotations += 1
-                    continue
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, max(self.idle_poll_s, self.poll_s))  # a quiet log is looked at less often
         finally:
+            stop.set()  # a watch still running in the worker returns at once
             if handle is not None:
                 handle.close()
+
+    def _watch(self, handle: BinaryIO, wait: float, stop: threading.Event) -> tuple[bytes, str | None, float]:
+        """In the worker: look, and while nothing is new look again after ``wait`` s (doubling up
+        to ``idle_poll_s``: a quiet log is looked at less often), for up to WATCH_S. Returns the
+        data or the change and the next wait. The looks are those the loop used to make, but only
+        news hops onto the loop: one hop per look cost the loop more than the reading (issue 15)."""
+        deadline = time.monotonic() + WATCH_S
+        while True:
+            try:
+                data, change = self._step(handle)
+            except ValueError:  # the follower stopped and closed the file under this look
+                if stop.is_set():
+                    return b"", None, wait
+                raise
+            if data or change is not None:
+                return data, change, wait
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or stop.wait(min(wait, remaining)):
+                return b"", None, wait
+            wait = min(wait * 2, max(self.idle_poll_s, self.poll_s))
 
     def _open(self, at_end: bool) -> BinaryIO | None:
         try:
