@@ -224,3 +224,15 @@ def test_a_server_that_answers_every_canary_with_500_cannot_generate() -> None:
     assert run(2) == [], "two 500s in a row can be a passing overload"
     assert run(3) == [("hang", "raised"), ("hang", "cleared")]
     assert run(3, loading=True) == [], "a model still loading (memory rising to its size) answers 503s"
+
+
+def test_series_keeps_its_horizon_and_answers_newest_first() -> None:
+    from watchdog.detect.view import Series
+
+    series = Series(horizon=10.0)
+    assert series.last() is None and series.at_or_before(5.0) is None
+    for t in range(0, 30, 2):
+        series.add(float(t), float(t) * 10)
+    assert series.points[0] == (18.0, 180.0) and series.last() == (28.0, 280.0)  # 28 - 10 = 18 kept
+    assert list(series.between(20.0, 24.0)) == [240.0, 220.0, 200.0]
+    assert series.at_or_before(23.0) == 220.0 and series.at_or_before(17.0) is None
