@@ -380,3 +380,21 @@ def test_forever_expiry_far_in_the_future() -> None:
     (model,) = parse_ps({"models": [{"name": "m", "expires_at": far.isoformat()}]}, now)
     assert model.expires_in_s is None and model.extra["keep_alive"] == "forever"
     assert not math.isinf(parse_ps({"models": [{"name": "m", "expires_at": _iso(5, now)}]}, now)[0].expires_in_s)
+
+
+async def test_clients_of_http_servers_load_no_ca_store() -> None:
+    """Issue 15: the system's CA store (1.7 MB) is loaded only for https servers; an http
+    server's client has a context that trusts nothing, so it could not complete a handshake."""
+    import ssl
+
+    from watchdog.probes.http import make_client, no_tls_context, shared_ssl_context
+
+    plain, tls = make_client("http://127.0.0.1:11434"), make_client("https://llm.example:8443")
+    try:
+        assert plain._transport._pool._ssl_context is no_tls_context()  # type: ignore[attr-defined]
+        assert tls._transport._pool._ssl_context is shared_ssl_context()  # type: ignore[attr-defined]
+        assert no_tls_context().cert_store_stats()["x509_ca"] == 0
+        assert no_tls_context().verify_mode == ssl.CERT_REQUIRED and no_tls_context().check_hostname
+    finally:
+        await plain.aclose()
+        await tls.aclose()
