@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from loguru import logger
 
@@ -35,9 +35,11 @@ from watchdog.logs import LogOnce
 from watchdog.notify.alert import SEVERITY_RANK, Alert
 from watchdog.notify.compose import alert_key, compose, make_sink_alert, make_test_alert, transition
 from watchdog.notify.outbox import DB_NAME, Outbox, Row, SinkCounts
-from watchdog.notify.sinks import DeliveryError, Sink, build_sink
 from watchdog.redact import Redactor
 from watchdog.status.model import AlertSinkStatus, StatusSnapshot
+
+if TYPE_CHECKING:  # the sinks (smtplib, email, html) load with the first configured sink (issue 15)
+    from watchdog.notify.sinks import DeliveryError, Sink
 
 T = TypeVar("T")
 _log = logger.bind(component="notify")
@@ -212,6 +214,8 @@ class Notifier:
             except Exception as exc:  # noqa: BLE001 - closing must finish
                 _log.debug(f"alert sink {sink.name}: error while closing: {exc!r}")
         self._sinks = {}
+        if self._settings:
+            from watchdog.notify.sinks import build_sink
         for name, settings in self._settings.items():
             self._health.setdefault(name, _Health())
             try:
@@ -398,6 +402,8 @@ class Notifier:
                 return 0.0
             self._once.ok(f"rate:{name}")
         await self._db(outbox.sending, row.id)
+        from watchdog.notify.sinks import DeliveryError  # loaded already: there is a sink
+
         try:
             await asyncio.wait_for(sink.send(row.alert), settings.timeout * 4 + 70)
         except DeliveryError as exc:
