@@ -136,6 +136,26 @@ def test_a_stopped_process_replaced_by_a_restart_is_not_hung_again(by_watchdog: 
     assert [state for _, state, _ in hangs] == ["raised", "cleared"], changes
 
 
+def test_a_late_sample_of_the_stopped_pid_after_the_new_server_answered_is_no_hang() -> None:
+    # The GPU validation's llamacpp run (an outside restart, no restart events), in the order the
+    # pipeline took the records: the new server's first poll (its counter back to 0: "tokens flow
+    # again") at 78.029 came before the old pid's last process sample, stamped 78.019.
+    e = engine("llamacpp")
+    ordered: list = []
+    for t in range(60, 78):
+        ordered.append(ProcessSample(t=t + 0.019, target="srv", pid=4882, status="stopped" if t >= 66 else "sleeping"))
+        ordered.append(poll(t + 0.029, 500.0, running=0) if t < 66 else
+                       ServerPoll(t=t + 0.029, target="srv", state="error", error="timeout"))
+    ordered += [poll(78.029, 0.0, running=0),
+                ProcessSample(t=78.019, target="srv", pid=4882, status="stopped"),
+                poll(79.029, 0.0, running=0),
+                ProcessSample(t=79.019, target="srv", pid=4955, status="sleeping"),
+                poll(80.029, 0.0, running=0)]
+    changes = [c for record in ordered for c in e.feed(record)]
+    assert [(c.finding, c.state) for c in changes] == [("hang", "raised"), ("hang", "cleared")], changes
+    assert "tokens flow again" in changes[1].summary
+
+
 def test_a_process_stopped_again_after_answering_is_a_hang_again() -> None:
     # Forgetting stale stopped samples must not hide a new stop: the server answers, then stops.
     e = engine("llamacpp")
