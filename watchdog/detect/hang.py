@@ -108,7 +108,7 @@ class HangDetector(TargetDetector):
         if seen is None:
             return False
         if isinstance(record, Canary):
-            return (record.ok or (record.tokens or 0) > 0) and record.t > seen
+            return record.ok and record.t > seen  # a whole answer (tokens alone may predate the stop)
         if isinstance(record, ServerPoll):
             return record.state in ("ready", "loading") and record.t > seen
         return False
