@@ -289,3 +289,19 @@ def test_a_server_that_answers_every_canary_with_500_cannot_generate() -> None:
     assert run(2) == [], "two 500s in a row can be a passing overload"
     assert run(3) == [("hang", "raised"), ("hang", "cleared")]
     assert run(3, loading=True) == [], "a model still loading (memory rising to its size) answers 503s"
+
+
+def test_two_stopped_samples_a_few_ms_under_five_seconds_apart_are_a_hang() -> None:
+    # The process probe samples every 5 s, give or take a few ms. A target with no GPU samples in
+    # between (nothing else re-checks the rule) waited a third sample, 5 s later, when the second
+    # came 4.99 s after the first (seen in scripts/bench_recovery.py --mode act on llama.cpp).
+    e = engine("llamacpp")
+    records: list = [ProcessSample(t=t, target="srv", pid=7, status="sleeping") for t in (0.0, 5.0)]
+    records += [poll(t, 4.0, running=0) for t in (0.02, 5.02)]
+    records += [ProcessSample(t=9.93, target="srv", pid=7, status="stopped"),
+                ProcessSample(t=14.92, target="srv", pid=7, status="stopped"),
+                ServerPoll(t=14.93, target="srv", state="error", error="timeout"),
+                ProcessSample(t=19.92, target="srv", pid=7, status="stopped")]
+    changes = feed(e, records)
+    assert [(c.finding, c.state) for c in changes] == [("hang", "raised")]
+    assert changes[0].t == 14.92, changes

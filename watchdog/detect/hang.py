@@ -39,6 +39,14 @@ EXTRA_ERRORS_NEEDED = 1
 _NCCL_TIMEOUT = re.compile(r"(collective operation timeout|NCCL.*(timed? ?out|timeout)|Watchdog caught collective)", re.I)
 
 
+#: A process seen stopped in two samples this far apart is frozen, not paused for a moment.
+STOPPED_FOR_S = 5.0
+#: The process probe's samples are ``process_interval`` (5 s) apart give or take a few ms: two
+#: samples 4.99 s apart must count as 5 s (a strict comparison waited a third sample, 5 s more,
+#: in a quarter of the bench's SIGSTOPs on a target without GPU samples in between).
+SAMPLE_JITTER_S = 0.5
+
+
 class HangDetector(TargetDetector):
     finding = "hang"
 
@@ -146,7 +154,7 @@ class HangDetector(TargetDetector):
         if self.view.restarting(t, 0.0):
             return None  # being restarted: the stopped process is on its way out
         frozen_for = t - self.stopped_since
-        if frozen_for < min(self.settings.stall_after, 5.0):
+        if frozen_for < min(self.settings.stall_after, STOPPED_FOR_S) - SAMPLE_JITTER_S:
             return None
         view = self.view
         return raise_(
