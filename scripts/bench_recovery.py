@@ -522,12 +522,19 @@ class FaultRunner(threading.Thread):
         self.faults.append(fault)
 
         # The daemon's finding (from status; exact time from the incident's timeline below).
+        # In act mode a finding can be raised and cleared by the restart between two status polls
+        # (1 s apart): the incident history is read too, every 3 s.
+        history_read = [now()]
+
         def raised() -> float | None:
             target, at = self.status.target(self.rig.name)
-            if target is None:
-                return None
-            hit = [f for f in target.findings if f.finding in CRITICAL and to_ts(f.since) >= fault.onset - 1]
-            return at if hit else None
+            if target is not None and any(f.finding in CRITICAL and to_ts(f.since) >= fault.onset - 1
+                                          for f in target.findings):
+                return at
+            if now() - history_read[0] >= 3.0:
+                history_read[0] = now()
+                self.read_incident(fault, now())
+            return fault.raised
 
         act = self.args.mode == "act"
         if not wait_until(raised, self.args.detect_cap):
