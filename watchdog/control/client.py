@@ -12,16 +12,16 @@ import http.client
 import json as _jsonlib
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlencode
 
-from watchdog.status.model import ReloadStatus, StatusSnapshot
+from watchdog.config.paths import DEFAULT_CONTROL_SOCKET
 
-if TYPE_CHECKING:  # imported where used: `watchdogctl status` has no use for the incident models
+if TYPE_CHECKING:  # imported where used: `watchdogctl status` imports no pydantic model (issue 15)
     from watchdog.incidents.model import Incident
+    from watchdog.status.model import ReloadStatus, StatusSnapshot
 
 SOCKET_ENV = "INFERENCE_WATCHDOG_SOCKET"
 
@@ -45,7 +45,15 @@ class ControlClient:
         self.timeout = timeout
 
     def status(self) -> StatusSnapshot:
-        return StatusSnapshot.model_validate(self._json("GET", "/status"))
+        """The snapshot, validated into the pydantic models (for code that works with it)."""
+        from watchdog.status.model import StatusSnapshot
+
+        return StatusSnapshot.model_validate(self.status_data())
+
+    def status_data(self) -> Any:
+        """The snapshot as the daemon sent it, decoded JSON only: ``watchdogctl status`` shows it
+        through :func:`watchdog.status.view.snapshot_view` without importing pydantic."""
+        return self._json("GET", "/status")
 
     def incidents(self, since: str | None = None, limit: int = 50, timeline: bool = False) -> list[Incident]:
         params: dict[str, Any] = {"limit": limit, "timeline": int(timeline)}
@@ -80,6 +88,8 @@ class ControlClient:
 
     def save_trace(self, incident_id: int, path: str | Path) -> int:
         """Write the recording to ``path``, whole or not at all (a temporary file renamed into place)."""
+        import tempfile  # here: `status` has no use for it
+
         path = Path(path)
         handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=".trace-", delete=False)
         try:
@@ -92,6 +102,8 @@ class ControlClient:
         return size
 
     def reload(self) -> ReloadStatus:
+        from watchdog.status.model import ReloadStatus
+
         return ReloadStatus.model_validate(self._json("POST", "/reload"))
 
     def alert_test(self, sink: str | None = None, timeout: float = 20.0) -> list[dict[str, Any]]:
@@ -228,25 +240,36 @@ def _message(status: int, body: bytes) -> str:
     return f"HTTP {status}"
 
 
-def resolve_socket_path(option: str | None, config_path: str, config_explicit: bool) -> str:
+def resolve_socket_path(option: str | None, config_path: str, config_explicit: bool, validate: bool = True) -> str:
     """Where the daemon's socket is: ``--socket``, else ``$INFERENCE_WATCHDOG_SOCKET``, else the config's
     ``control_socket``, else the default.
 
-    A config named explicitly (``--config``) must load (ConfigError otherwise); the
-    default one is used when readable and valid, and skipped otherwise: ``status``
-    must work for an operator who may not read /etc/inference-watchdog, and while
-    a broken edit waits to be reloaded (the daemon still runs on the old one).
+    A config named explicitly (``--config``) must be readable TOML with a usable
+    ``control_socket`` (ConfigError otherwise) and, with ``validate``, valid as a
+    whole. ``status`` passes ``validate=False``: it reads that one key without the
+    pydantic models (issue 15), and must reach a daemon still running on an older
+    config while a broken edit waits. The default config is used when readable and
+    skipped otherwise: ``status`` must work for an operator who may not read
+    /etc/inference-watchdog.
     """
-    from watchdog.config import ConfigError, load_config
-    from watchdog.config.model import WatchdogSettings
+    from watchdog.config.read import ConfigError, control_socket_in
 
     if option:
         return option
     if os.environ.get(SOCKET_ENV):
         return os.environ[SOCKET_ENV]
-    if config_explicit:
+    if config_explicit and validate:
+        from watchdog.config import load_config
+
         return load_config(config_path).watchdog.control_socket
     try:
-        return load_config(config_path).watchdog.control_socket
+        return control_socket_in(config_path)
     except ConfigError:
-        return WatchdogSettings().control_socket
+        if config_explicit:
+            raise
+        return DEFAULT_CONTROL_SOCKET
+
+
+def socket_from_config(option: str | None, config_explicit: bool) -> bool:
+    """Whether :func:`resolve_socket_path` takes the socket from a config named with ``--config``."""
+    return not option and not os.environ.get(SOCKET_ENV) and config_explicit
