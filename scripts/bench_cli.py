@@ -8,7 +8,16 @@ bare interpreter start (``python -c pass``) and the daemon's own answer on its
 socket (one HTTP request over the unix socket from this process, like
 ``curl --unix-socket``).
 
-    python scripts/bench_cli.py [--runs 20] [--json out.json]
+    python scripts/bench_cli.py [--runs 20] [--json out.json] [--ctl PATH/bin/watchdogctl]
+
+``--ctl`` times another installation's console script (the daemon and the
+simulator still run from this one). What users get from ``scripts/install.sh``
+is a regular (non-editable) install; a development venv's editable install
+(``pip install -e``) adds an import hook to every start (about 15 ms here).
+Make a regular one to measure with:
+
+    python3 -m venv /tmp/iw-release && /tmp/iw-release/bin/pip install .
+    python scripts/bench_cli.py --ctl /tmp/iw-release/bin/watchdogctl
 
 Goal (issue 15): ``status`` <= 150 ms; ``--version`` fast.
 """
@@ -68,6 +77,14 @@ def socket_times(path: str, runs: int) -> list[float]:
     return times
 
 
+def install_kind(script: Path) -> str:
+    """"editable" when the script's environment imports the package through an editable
+    install's hook (a ``__editable__*inference_watchdog*.pth``), else "regular"."""
+    venv = script.resolve().parent.parent
+    hooks = list(venv.glob("lib/python3*/site-packages/__editable__*inference_watchdog*.pth"))
+    return "editable" if hooks else "regular"
+
+
 def summary(times: list[float]) -> dict[str, float]:
     ordered = sorted(times)
     return {"median_ms": round(statistics.median(ordered), 1),
@@ -79,11 +96,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", default=None, metavar="FILE")
+    parser.add_argument("--ctl", default=None, metavar="PATH",
+                        help="the watchdogctl to time (default: the one beside this interpreter)")
     args = parser.parse_args()
     started = datetime.now(UTC)
     host = machine()  # load average at the start; loadavg_end at the end
-    script = shutil.which("watchdogctl", path=str(Path(sys.executable).parent))
+    script = args.ctl or shutil.which("watchdogctl", path=str(Path(sys.executable).parent))
     ctl = [script] if script else [sys.executable, "-m", "watchdog"]
+    install = install_kind(Path(script)) if script else "source tree (python -m watchdog)"
     env = dict(os.environ)
     env.pop("INFERENCE_WATCHDOG_SOCKET", None)
     results: dict[str, dict[str, float]] = {}
@@ -108,10 +128,11 @@ def main() -> None:
             goal = f"<= {GOAL_STATUS_MS:.0f} ms"
             met = "yes" if r["median_ms"] <= GOAL_STATUS_MS else f"no (+{r['median_ms'] - GOAL_STATUS_MS:.0f} ms)"
         rows.append((name, f"{r['median_ms']:.0f} ms (p90 {r['p90_ms']:.0f})", goal, met))
-    print(f"watchdogctl wall time, median of {args.runs} fresh processes each:")
+    print(f"watchdogctl ({ctl[0]}, {install}) wall time, median of {args.runs} fresh processes each:")
     print(table(rows))
     out = {"benchmark": "cli latency", "date": started.isoformat(timespec="seconds"), "machine": host,
-           "loadavg_end": os.getloadavg(), "results": results, "goal_status_ms": GOAL_STATUS_MS,
+           "loadavg_end": os.getloadavg(), "watchdogctl": ctl[0], "install": install,
+           "results": results, "goal_status_ms": GOAL_STATUS_MS,
            "status_median_ms": status}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -8,7 +8,6 @@ health (status, check) document their own codes.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -157,6 +156,7 @@ def replay_command(obj: Context, trace: str, replay_config: str | None, explain:
             click.echo(line)
     if expect_file:
         import json
+        from pathlib import Path
 
         try:
             expectation = json.loads(Path(expect_file).read_text(encoding="utf-8"))

@@ -13,10 +13,12 @@ import re
 import stat
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchdog.config.paths import DEFAULT_CONTROL_SOCKET
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MAX_CONFIG_BYTES = 1024 * 1024
 """A config is a few kilobytes; anything above this is the wrong file (or /dev/zero)."""
@@ -47,7 +49,7 @@ class ConfigError(Exception):
         return "\n".join(f"{self.file}: {problem}" for problem in self.problems)
 
 
-def read_config_bytes(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+def read_config_bytes(path: str | Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes, or ConfigError.
 
     Opened non-blocking and checked with fstat before reading, so a FIFO (which would
@@ -153,7 +155,7 @@ def control_socket_in(path: str | Path) -> str:
     running on an older config while a broken edit waits to be fixed, and building
     the pydantic config just to find one string cost most of its start (issue 15).
     """
-    raw = parse_toml(read_config_bytes(Path(path)), str(path))
+    raw = parse_toml(read_config_bytes(path), str(path))
     section = raw.get("watchdog", {})
     if not isinstance(section, dict):
         raise ConfigError(str(path), [Problem("watchdog", f"expected a table, got {_kind(section)}")])
