@@ -3,7 +3,8 @@
 
 Starts one simulated server and the daemon watching it, then runs each command N
 times as a user would (a fresh process each time, the installed console script)
-and reports the median and 90th percentile of the wall time. For reference: the
+and reports the median and 90th percentile of the wall time (the commands
+interleaved: each round runs every command once). For reference: the
 bare interpreter start (``python -c pass``) and the daemon's own answer on its
 socket (one HTTP request over the unix socket from this process, like
 ``curl --unix-socket``).
@@ -116,9 +117,15 @@ def main() -> None:
             "watchdogctl --socket SOCK status": [*ctl, "status", "--socket", sock],
             "watchdogctl --config FILE status --json": [*ctl, "--config", str(f.config), "status", "--json"],
         }
-        for name, command in commands.items():
+        for command in commands.values():
             timed(command, 2, env)  # warm the page cache
-            results[name] = summary(timed(command, args.runs, env))
+        # Interleaved (each round runs every command once), so that a change in the machine's
+        # load during the run weighs on every command alike.
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(args.runs):
+            for name, command in commands.items():
+                times[name] += timed(command, 1, env)
+        results.update({name: summary(t) for name, t in times.items()})
         results["daemon's answer on its socket (GET /status)"] = summary(socket_times(sock, args.runs))
     status = results["watchdogctl --config FILE status"]["median_ms"]
     rows = []

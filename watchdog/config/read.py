@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +125,8 @@ def parse_toml(data: bytes | str, file: str = "<config>") -> dict[str, Any]:
         raise ConfigError(file, [Problem("", f"is larger than {MAX_CONFIG_BYTES} bytes: a config is not that big")])
     if _bracket_depth(text) > MAX_NESTING * 2:
         raise ConfigError(file, [Problem("", f"tables or arrays nested more than {MAX_NESTING} deep")])
+    import tomllib  # here: `status --socket` has no config to read
+
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -137,7 +138,7 @@ def parse_toml(data: bytes | str, file: str = "<config>") -> dict[str, Any]:
     return raw
 
 
-def _syntax_problem(exc: tomllib.TOMLDecodeError) -> Problem:
+def _syntax_problem(exc: ValueError) -> Problem:  # a tomllib.TOMLDecodeError
     message = str(exc)
     match = _TOML_POSITION.search(message)
     if match:
