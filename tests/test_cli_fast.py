@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -52,7 +52,7 @@ def ctl(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Compl
     environment = {k: v for k, v in os.environ.items() if k != "INFERENCE_WATCHDOG_SOCKET"}
     environment.update({"COLUMNS": "220", "NO_COLOR": "1", **(env or {})})
     done = subprocess.run([sys.executable, "-c", HOOK, *args], cwd=ROOT, env=environment, capture_output=True,
-                          text=True, timeout=120)
+                          check=False, text=True, timeout=120)
     marker = done.stderr.rsplit("IMPORTED ", 1)
     assert len(marker) == 2, done.stderr
     return done, set(filter(None, marker[1].strip().split(",")))
@@ -69,7 +69,7 @@ def rich_snapshot() -> model.StatusSnapshot:
     """Every part the renderer shows: findings on a target and a GPU, XIDs, a refused reload,
     a paused target with its budget, and alert sinks."""
     fault = Finding(85.0, "gpu:1", "gpu_fault", "raised", "XID 79 on GPU 1")
-    reload = model.ReloadStatus(at=datetime.fromtimestamp(WALL + 50, tz=timezone.utc), ok=False,
+    reload = model.ReloadStatus(at=datetime.fromtimestamp(WALL + 50, tz=UTC), ok=False,
                                 message="targets[0].url: expected an http(s) URL")
     from watchdog.status import DaemonInfo
 
@@ -78,7 +78,7 @@ def rich_snapshot() -> model.StatusSnapshot:
     sinks = [model.AlertSinkStatus(name="ops", kind="slack", state="failing", pending=2, delivered=5,
                                    last_error="HTTP 500")]
     actions = {"vllm": model.ActionStatus(state="backoff", mode="dry-run", paused=True,
-                                          paused_until=datetime.fromtimestamp(WALL + 900, tz=timezone.utc),
+                                          paused_until=datetime.fromtimestamp(WALL + 900, tz=UTC),
                                           paused_reason="maintenance", restarts_left=1, max_restarts=3),
                "ollama": model.ActionStatus(state="watching", mode="act", restarts_left=3, max_restarts=3)}
     return build(findings=[hang(), fault, Finding(90.0, "ollama", "memory_growth", "raised", "+2 GiB")],
@@ -170,7 +170,8 @@ def test_the_socket_read_alone_is_the_one_the_full_config_names(tmp_path: Path):
     path = tmp_path / "watchdog.toml"
     path.write_text(example)
     assert control_socket_in(path) == load_config(path).watchdog.control_socket
-    path.write_text("[policy]\nmode = 'observe'\n[[targets]]\nname = 'x'\nkind = 'ollama'\nurl = 'http://127.0.0.1:11434'\n")
+    path.write_text("[policy]\nmode = 'observe'\n"
+                    "[[targets]]\nname = 'x'\nkind = 'ollama'\nurl = 'http://127.0.0.1:11434'\n")
     assert control_socket_in(path) == load_config(path).watchdog.control_socket  # the default
     path.write_text("[watchdog]\ncontrol_socket = 5\n")
     with pytest.raises(ConfigError, match=r"watchdog.control_socket: expected text, got 5"):
@@ -255,7 +256,7 @@ def test_exit_codes_and_errors_without_pydantic(daemon):
 class _Answers(BaseHTTPRequestHandler):
     body = b"{}"
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:  # the http.server API names it so
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.body)))
