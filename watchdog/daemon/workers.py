@@ -4,7 +4,9 @@ Modelled on kubelet's prober workers: each target's :class:`TargetWorker` owns
 its jobs (status poll, canary tick, log follower), so a reload adds, removes or
 replaces the workers of the targets that changed and leaves the others running.
 APScheduler runs the periodic jobs (no overlapping runs, missed runs
-coalesced); every job has a deadline and never raises into the scheduler.
+coalesced); every job has a deadline and never raises into the scheduler. A
+job's first run (the slow one) runs before its schedule starts, so a first run
+longer than the interval delays the second run instead of losing a slot.
 
 :class:`JobTimings` measures how late each periodic job starts against its plan
 (lag) and how many planned runs never happened (skipped: coalesced, or the
