@@ -186,6 +186,9 @@ class Scheduler:
         del self._first_runs[name]
         clock = self.timings.monotonic()
         wait = max(0.0, first + seconds - clock)
+        if not wait:
+            _log.info(f"job {name}: the first run took {clock - first:.2f} s, over its {seconds:g} s interval; "
+                      "the next starts now")
         self.timings.plan(name, clock + wait, seconds)
         self._scheduler.add_job(run, "interval", seconds=seconds, id=name, name=name, replace_existing=True,
                                 next_run_time=datetime.now(UTC) + timedelta(seconds=wait))
