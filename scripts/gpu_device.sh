@@ -62,7 +62,7 @@ step_canary() {  # the canary's share of the GPU's time: scripts/bench_canary.py
   mkdir -p "$RES/canary-$tag"
   CUDA_VISIBLE_DEVICES=0 timeout -k 10 570 python3 "$CODE/scripts/bench_canary.py" --targets llama \
     --llama-server $LLB/bin/llama-server --model "$model" --server-args "-ngl 99 -np 8 -c 16384" --threads 8 \
-    --gpu-backend auto --seconds 300 --sweep 20 --json "$RES/canary-$tag/canary.json" > "$RES/canary-$tag/run.log" 2>&1
+    --gpu-backend auto --seconds "${CANARY_SECONDS:-300}" --sweep 20 --json "$RES/canary-$tag/canary.json" > "$RES/canary-$tag/run.log" 2>&1
   echo "canary $tag: exit $?" | tee -a "$RES/canary-$tag/run.log"
   tail -40 "$RES/canary-$tag/run.log"
   (cd $RES && tar czf "$OUT/results-canary-$tag.tar.gz" canary-$tag)
