@@ -3,12 +3,23 @@
 
 Starts one simulated server and the daemon watching it, then runs each command N
 times as a user would (a fresh process each time, the installed console script)
-and reports the median and 90th percentile of the wall time. For reference: the
+and reports the median and 90th percentile of the wall time (the commands
+interleaved: each round runs every command once). For reference: the
 bare interpreter start (``python -c pass``) and the daemon's own answer on its
 socket (one HTTP request over the unix socket from this process, like
 ``curl --unix-socket``).
 
-    python scripts/bench_cli.py [--runs 20] [--json out.json]
+    python scripts/bench_cli.py [--runs 20] [--json out.json] [--ctl [LABEL=]PATH/bin/watchdogctl ...]
+
+``--ctl`` times another installation's console script (the daemon and the
+simulator still run from this one); given several times, all are timed in the
+same rounds, so they compare under the same load. What users get from ``scripts/install.sh``
+is a regular (non-editable) install; a development venv's editable install
+(``pip install -e``) adds an import hook to every start (about 15 ms here).
+Make a regular one to measure with:
+
+    python3 -m venv /tmp/iw-release && /tmp/iw-release/bin/pip install .
+    python scripts/bench_cli.py --ctl /tmp/iw-release/bin/watchdogctl --ctl editable=.venv/bin/watchdogctl
 
 Goal (issue 15): ``status`` <= 150 ms; ``--version`` fast.
 """
@@ -68,6 +79,14 @@ def socket_times(path: str, runs: int) -> list[float]:
     return times
 
 
+def install_kind(script: Path) -> str:
+    """"editable" when the script's environment imports the package through an editable
+    install's hook (a ``__editable__*inference_watchdog*.pth``), else "regular"."""
+    venv = script.resolve().parent.parent
+    hooks = list(venv.glob("lib/python3*/site-packages/__editable__*inference_watchdog*.pth"))
+    return "editable" if hooks else "regular"
+
+
 def summary(times: list[float]) -> dict[str, float]:
     ordered = sorted(times)
     return {"median_ms": round(statistics.median(ordered), 1),
@@ -79,28 +98,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", default=None, metavar="FILE")
+    parser.add_argument("--ctl", action="append", default=[], metavar="[LABEL=]PATH",
+                        help="a watchdogctl to time (repeatable: all are timed in the same rounds; "
+                             "default: the one beside this interpreter)")
     args = parser.parse_args()
     started = datetime.now(UTC)
     host = machine()  # load average at the start; loadavg_end at the end
-    script = shutil.which("watchdogctl", path=str(Path(sys.executable).parent))
-    ctl = [script] if script else [sys.executable, "-m", "watchdog"]
+    ctls: dict[str, list[str]] = {}
+    installs: dict[str, dict[str, str]] = {}
+    for given in args.ctl or [shutil.which("watchdogctl", path=str(Path(sys.executable).parent)) or ""]:
+        label, _, script = given.rpartition("=") if "=" in given else ("", "", given)
+        ctl = [script] if script else [sys.executable, "-m", "watchdog"]
+        install = install_kind(Path(script)) if script else "source tree (python -m watchdog)"
+        label = label or (install if len(args.ctl) > 1 else "")
+        ctls[label] = ctl
+        installs[label or "watchdogctl"] = {"path": ctl[0], "install": install}
     env = dict(os.environ)
     env.pop("INFERENCE_WATCHDOG_SOCKET", None)
     results: dict[str, dict[str, float]] = {}
     with fleet(1, 1) as f:
         sock = str(f.work / "control.sock")
-        commands = {
-            "python -c pass (interpreter start)": [sys.executable, "-c", "pass"],
-            "watchdogctl --version": [*ctl, "--version"],
-            "watchdogctl --config FILE status": [*ctl, "--config", str(f.config), "status"],
-            "watchdogctl --socket SOCK status": [*ctl, "status", "--socket", sock],
-            "watchdogctl --config FILE status --json": [*ctl, "--config", str(f.config), "status", "--json"],
-        }
-        for name, command in commands.items():
+        commands = {"python -c pass (interpreter start)": [sys.executable, "-c", "pass"]}
+        for label, ctl in ctls.items():
+            suffix = f" [{label}]" if label else ""
+            commands.update({
+                f"watchdogctl --version{suffix}": [*ctl, "--version"],
+                f"watchdogctl --config FILE status{suffix}": [*ctl, "--config", str(f.config), "status"],
+                f"watchdogctl --socket SOCK status{suffix}": [*ctl, "status", "--socket", sock],
+                f"watchdogctl --config FILE status --json{suffix}": [*ctl, "--config", str(f.config), "status",
+                                                                      "--json"],
+            })
+        for command in commands.values():
             timed(command, 2, env)  # warm the page cache
-            results[name] = summary(timed(command, args.runs, env))
+        # Interleaved (each round runs every command once), so that a change in the machine's
+        # load during the run weighs on every command alike.
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(args.runs):
+            for name, command in commands.items():
+                times[name] += timed(command, 1, env)
+        results.update({name: summary(t) for name, t in times.items()})
         results["daemon's answer on its socket (GET /status)"] = summary(socket_times(sock, args.runs))
-    status = results["watchdogctl --config FILE status"]["median_ms"]
+    first = next(iter(ctls))
+    status = results["watchdogctl --config FILE status" + (f" [{first}]" if first else "")]["median_ms"]
     rows = []
     for name, r in results.items():
         goal = met = ""
@@ -109,9 +148,12 @@ def main() -> None:
             met = "yes" if r["median_ms"] <= GOAL_STATUS_MS else f"no (+{r['median_ms'] - GOAL_STATUS_MS:.0f} ms)"
         rows.append((name, f"{r['median_ms']:.0f} ms (p90 {r['p90_ms']:.0f})", goal, met))
     print(f"watchdogctl wall time, median of {args.runs} fresh processes each:")
+    for label, info in installs.items():
+        print(f"  {label}: {info['path']} ({info['install']} install)")
     print(table(rows))
     out = {"benchmark": "cli latency", "date": started.isoformat(timespec="seconds"), "machine": host,
-           "loadavg_end": os.getloadavg(), "results": results, "goal_status_ms": GOAL_STATUS_MS,
+           "loadavg_end": os.getloadavg(), "watchdogctl": installs,
+           "results": results, "goal_status_ms": GOAL_STATUS_MS,
            "status_median_ms": status}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -422,6 +422,7 @@ class Fault:
     recovered: float | None = None  # act: the canary that proved the fix
     released: float | None = None  # observe: the bench's own recovery
     canary_again: float | None = None
+    user_answered: float | None = None  # act, Ollama: the first user request after the restart answered
     k8s_fired: float | None = None
     k8s_probes: int = 0
     k8s_failed: int = 0
@@ -521,12 +522,19 @@ class FaultRunner(threading.Thread):
         self.faults.append(fault)
 
         # The daemon's finding (from status; exact time from the incident's timeline below).
+        # In act mode a finding can be raised and cleared by the restart between two status polls
+        # (1 s apart): the incident history is read too, every 3 s.
+        history_read = [now()]
+
         def raised() -> float | None:
             target, at = self.status.target(self.rig.name)
-            if target is None:
-                return None
-            hit = [f for f in target.findings if f.finding in CRITICAL and to_ts(f.since) >= fault.onset - 1]
-            return at if hit else None
+            if target is not None and any(f.finding in CRITICAL and to_ts(f.since) >= fault.onset - 1
+                                          for f in target.findings):
+                return at
+            if now() - history_read[0] >= 3.0:
+                history_read[0] = now()
+                self.read_incident(fault, now())
+            return fault.raised
 
         act = self.args.mode == "act"
         if not wait_until(raised, self.args.detect_cap):
@@ -549,6 +557,14 @@ class FaultRunner(threading.Thread):
             return not (held_for == "client" and client is not None and client.is_alive())
 
         if act:
+            # A restarted Ollama holds no model, and the watchdog never loads one to send a
+            # canary to (that would take VRAM nobody asked for). Its verdict is "answers and is
+            # ready"; then, as a user would, the bench's next request loads the model, and the
+            # canaries resume on it.
+            if self.rig.kind == "ollama" and wait_until(
+                    lambda: self.read_incident(fault, now()) or fault.recovered,
+                    self.args.detect_cap + 60, interval=1.0):
+                fault.user_answered = self.user_request()
             recovered = wait_until(lambda: self.healthy_since(fault.onset), self.args.detect_cap + 300)
             fault.canary_again = recovered
         else:
@@ -566,6 +582,15 @@ class FaultRunner(threading.Thread):
             fault.notes.append("no verified recovery in the incident's timeline within 180 s")
         fault.complete = True
         self.say(self.describe(fault))
+
+    def user_request(self) -> float | None:
+        """A user's generation request after a restart (Ollama loads the model for it): when it answered."""
+        url, body = self.rig.client_call()
+        try:
+            httpx.post(url, json={**body, "keep_alive": -1}, timeout=120).raise_for_status()
+        except httpx.HTTPError:
+            return None
+        return now()
 
     def measure(self, fault: Fault, end: float, client: ClientCall | None) -> None:
         k8s = self.k8s.probes_between(fault.onset, end)
@@ -614,6 +639,8 @@ class FaultRunner(threading.Thread):
             parts.append(f"action {s(f.action_started)}")
         if f.released:
             parts.append(f"released {s(f.released)}")
+        if f.user_answered:
+            parts.append(f"user request answered {s(f.user_answered)}")
         parts.append(f"canary again {s(f.canary_again)}")
         parts.append(f"k8s {s(f.k8s_fired)} ({f.k8s_failed}/{f.k8s_probes} failed)")
         parts.append(f"docker {s(f.docker_fired)} ({f.docker_failed}/{f.docker_probes} failed)")
@@ -656,6 +683,9 @@ def summarise(runners: list[FaultRunner], mode: str) -> dict[str, Any]:
             row["watchdog_action_started"] = stats(delays("action_started"))
             row["watchdog_recovered"] = stats([v for f in faults if (v := f.since_onset(f.recovered or f.canary_again))
                                                is not None])
+            row["canary_passes_again"] = stats(delays("canary_again"))
+            if any(f.user_answered for f in faults):
+                row["user_request_answered"] = stats(delays("user_answered"))
         else:
             row["bench_recovery_to_canary"] = stats([f.canary_again - f.released for f in faults
                                                      if f.canary_again and f.released])
@@ -691,7 +721,11 @@ def table(summary: dict[str, Any], mode: str) -> str:
                      f"{fmt(w['p95'])} | {fmt(w['max'])} |")
         if mode == "act":
             for key, label in (("watchdog_action_started", "watchdog: action started"),
-                               ("watchdog_recovered", "watchdog: canary passes again")):
+                               ("watchdog_recovered", "watchdog: verified recovered (its verdict)"),
+                               ("user_request_answered", "a user's request answered (loads the model)"),
+                               ("canary_passes_again", "a canary passes again (status)")):
+                if key not in row:
+                    continue
                 s = row[key]
                 lines.append(f"| | {label} | {s['n']}/{row['faults']} | {fmt(s['median'])} | {fmt(s['p95'])} | "
                              f"{fmt(s['max'])} |")

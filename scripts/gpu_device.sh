@@ -2,6 +2,7 @@
 # Run the GPU validation modes on a GPU host with no network (scripts/gpu_validate.py --mode ...).
 #
 #   scripts/gpu_device.sh BUNDLE OUT STEP...      STEP: env build model nccl nccl-fallback llamacpp llamacpp-act split
+#                                                       model-8b canary canary-8b
 #
 # BUNDLE holds what the host cannot fetch: site.tar.gz (the package's runtime dependencies
 # missing there, installed for its Python with pip --target), code/ (this repository's
@@ -17,6 +18,7 @@ if [ ! -d /tmp/site ]; then tar xzf "$BUNDLE/site.tar.gz" -C /tmp; fi
 export PYTHONPATH=/tmp/site:$CODE
 LLB=/tmp/llb
 MODEL=/tmp/model-0.9g.gguf
+MODEL8B=/tmp/model-8b.gguf   # an 8B-parameter shape (embedding 4096, 32 blocks): 15.6 GB of f16
 RES=/tmp/gpu-results
 
 step_env() {
@@ -55,6 +57,17 @@ run_mode() {
   (cd $RES && tar czf "$OUT/results-$mode.tar.gz" $mode)
 }
 
+step_canary() {  # the canary's share of the GPU's time: scripts/bench_canary.py, the daemon at defaults
+  local model=$1 tag=$2
+  mkdir -p "$RES/canary-$tag"
+  CUDA_VISIBLE_DEVICES=0 timeout -k 10 570 python3 "$CODE/scripts/bench_canary.py" --targets llama \
+    --llama-server $LLB/bin/llama-server --model "$model" --server-args "-ngl 99 -np 8 -c 16384" --threads 8 \
+    --gpu-backend auto --seconds "${CANARY_SECONDS:-300}" --sweep 20 --json "$RES/canary-$tag/canary.json" > "$RES/canary-$tag/run.log" 2>&1
+  echo "canary $tag: exit $?" | tee -a "$RES/canary-$tag/run.log"
+  tail -40 "$RES/canary-$tag/run.log"
+  (cd $RES && tar czf "$OUT/results-canary-$tag.tar.gz" canary-$tag)
+}
+
 mkdir -p $RES
 for step in "$@"; do
   case $step in
@@ -66,6 +79,10 @@ for step in "$@"; do
     llamacpp) run_mode llamacpp 240 ;;
     llamacpp-act) run_mode llamacpp 300 --act ;;                 # the daemon restarts it (policy.mode act)
     split) run_mode split 180 ;;
+    model-8b) [ -f $MODEL8B ] || PYTHONPATH=$PYTHONPATH:$CODE/gguf-py python3 "$CODE/scripts/gguf_random.py" $MODEL8B \
+                --embedding 4096 --blocks 32 --feed-forward 14336 --heads 32 ;;
+    canary) step_canary $MODEL 0.9g ;;                          # bench_canary.py, 300 s + the sweep
+    canary-8b) step_canary $MODEL8B 8b ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -67,6 +67,8 @@ class Host:
         self.records: list[Record] = []
         self.canary_ok: Callable[[], bool] = lambda: True
         self.canaries = 0
+        #: The view once a restart has started (the new server, as the probes see it then).
+        self.after_restart: Callable[[], TargetSnapshot] | None = None
 
     def config(self) -> Config:
         return self._config
@@ -75,6 +77,8 @@ class Host:
         self.records.append(record)
 
     def snapshot(self, target: str) -> TargetSnapshot | None:
+        if self.after_restart is not None and "restart_started" in self.events():
+            return self.after_restart()
         return self.view
 
     async def canary(self, target: str) -> Canary | None:
@@ -229,6 +233,80 @@ async def test_a_loading_server_is_never_restarted(world, tmp_path: Path) -> Non
     assert runs(counter) == 0
     host.view = TargetSnapshot(state="down", findings=frozenset({"down"}))  # the load ended; still down
     await wait_until(lambda: runs(counter) == 1, what="the restart once the load ended")
+
+
+def _notes(data: dict[str, Any]) -> list[str]:
+    return [e["summary"] for e in data["timeline"] if e["kind"] == "note"]
+
+
+async def test_a_restarted_server_that_says_ready_is_verified_without_waiting_out_a_load(
+        world, tmp_path: Path) -> None:
+    # The GPU validation run: the new pid's memory, there at once, was attributed at the next
+    # process round, so it "rose" and read as a load for LOADING_WINDOW_S; the verification
+    # waited that out although the server said ready and answered. With a grace of an hour,
+    # a verification that waits for the "load" to end never comes within this test.
+    counter = tmp_path / "runs"
+    host, incidents, actor = await world(config_text(counter).replace('grace = "1s"', 'grace = "1h"'))
+    host.after_restart = lambda: TargetSnapshot(state="ready", loading=True, models=("m",), held_mib=4000,
+                                                findings=frozenset({"hang"}))
+    incident_id = await raise_finding(incidents, host)
+    await wait_until(lambda: any(t.new == State.RECOVERED for t in actor.machine("llm").history), 60,
+                     "recovered while the memory still read as loading")
+    assert runs(counter) == 1 and host.canaries == 1
+    assert host.events() == ["restart_started", "restart_finished"]
+    data = await incident_json(incidents, incident_id)
+    assert data["recovered_after_s"] is not None
+    assert any("fixed by restart: a canary passed" in line for line in _notes(data))
+
+
+async def test_a_canary_that_got_through_ends_the_wait_for_a_fresh_poll(world, tmp_path: Path) -> None:
+    # The bench's runs: the scheduler's canary got through 0.7 s after the restart, while the
+    # verification waited for the next scheduled poll (a poll interval). The last poll here is
+    # from before the restart (a timeout) and never renewed.
+    counter = tmp_path / "runs"
+    host, incidents, actor = await world(config_text(counter).replace('grace = "1s"', 'grace = "1h"'))
+    host.after_restart = lambda: TargetSnapshot(state="error", models=(), poll_t=0.0, canary_ok_t=host.clock(),
+                                                findings=frozenset({"hang"}))
+    await raise_finding(incidents, host)
+    await wait_until(lambda: any(t.new == State.RECOVERED for t in actor.machine("llm").history), 60,
+                     "recovered on the canary that got through")
+    assert runs(counter) == 1
+
+
+async def test_a_restarted_server_still_loading_is_not_judged_before_its_grace(world, tmp_path: Path) -> None:
+    # Never make things worse: a server that says ready while its model still loads (Ollama
+    # loads in its runner) fails canaries; they are retried, not judged, until the grace ends.
+    counter = tmp_path / "runs"
+    host, incidents, actor = await world(config_text(counter).replace('grace = "1s"', 'grace = "1h"'))
+    host.after_restart = lambda: TargetSnapshot(state="ready", loading=True, models=("m",), held_mib=2000,
+                                                findings=frozenset({"hang"}))
+    host.canary_ok = lambda: False
+    incident_id = await raise_finding(incidents, host)
+    await wait_until(lambda: host.canaries >= 3, what="canaries while it loads")
+    assert actor.machine("llm").state == State.VERIFYING and runs(counter) == 1
+    assert not any("verification after restart failed" in line for line in _notes(await incident_json(
+        incidents, incident_id)))
+    host.canary_ok = lambda: True  # the load ended
+    await wait_until(lambda: any(t.new == State.RECOVERED for t in actor.machine("llm").history), 60,
+                     "recovered once loaded")
+    assert runs(counter) == 1
+
+
+async def test_a_restarted_server_that_says_it_is_loading_gets_no_canary_until_ready(
+        world, tmp_path: Path) -> None:
+    counter = tmp_path / "runs"
+    host, incidents, actor = await world(config_text(counter).replace('grace = "1s"', 'grace = "1h"'))
+    state = {"now": "loading"}
+    host.after_restart = lambda: TargetSnapshot(state=state["now"], loading=state["now"] == "loading",
+                                                models=("m",), findings=frozenset({"hang"}))
+    await raise_finding(incidents, host)
+    await wait_until(lambda: actor.machine("llm").state == State.VERIFYING, what="verifying")
+    await asyncio.sleep(0.5)
+    assert host.canaries == 0 and runs(counter) == 1
+    state["now"] = "ready"
+    await wait_until(lambda: any(t.new == State.RECOVERED for t in actor.machine("llm").history), 60,
+                     "recovered once ready")
+    assert host.canaries == 1
 
 
 async def test_a_failed_command_escalates_and_the_incident_says_so(world, tmp_path: Path) -> None:

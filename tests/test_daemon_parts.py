@@ -7,6 +7,7 @@ In-process, over the real simulator (HTTP) and the simulated GPU; no ``watchdogc
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,66 @@ async def test_listeners_and_per_target_workers(tmp_path: Path, sim_factory: Any
         daemon.stop()
         await asyncio.wait_for(task, 30)
     assert calls[-2:] == ["stop notify", "stop act"]
+
+
+async def test_a_slow_first_run_delays_the_schedule_and_skips_nothing() -> None:
+    """The first GPU round at 32 targets took 1.2 s over its 1 s interval; APScheduler, already
+    running it, skipped the next slot (max_instances = 1) and the scale bench counted it. The
+    first run is now outside APScheduler, and the schedule starts when it ends."""
+    from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+
+    from watchdog.daemon.workers import Scheduler
+
+    done: list[str] = []
+    scheduler = Scheduler(on_done=done.append)
+    scheduler.start()
+    assert scheduler._scheduler is not None
+    refused: list[Any] = []
+    scheduler._scheduler.add_listener(refused.append, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+    starts: list[float] = []
+    ends: list[float] = []
+
+    async def round_() -> None:
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            await asyncio.sleep(2.2)  # the slow first round: over two slots of its 1 s interval
+        ends.append(time.monotonic())
+
+    try:
+        scheduler.every("gpu", 1.0, round_, 10.0)
+        await until(lambda: len(ends) >= 3, 30, "three rounds")
+        assert done[:3] == ["gpu", "gpu", "gpu"]  # the first run reports like any other (readiness)
+        assert starts[1] >= ends[0]  # never two at once
+        assert refused == []  # APScheduler never had a run to refuse or drop
+        assert scheduler.timings.skipped == 0 and scheduler.timings.runs >= 3
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_job_cancelled_during_its_first_run_is_not_scheduled_after_it() -> None:
+    from watchdog.daemon.workers import Scheduler
+
+    scheduler = Scheduler()
+    scheduler.start()
+    assert scheduler._scheduler is not None
+    running, release = asyncio.Event(), asyncio.Event()
+    runs: list[int] = []
+
+    async def poll() -> None:
+        runs.append(1)
+        running.set()
+        await release.wait()
+
+    try:
+        scheduler.every("poll:x", 0.2, poll, 10.0)
+        await asyncio.wait_for(running.wait(), 30)
+        first = scheduler._first_runs["poll:x"]
+        scheduler.cancel("poll:x")  # a reload removing the target while its first poll runs
+        await asyncio.wait_for(asyncio.gather(first, return_exceptions=True), 30)
+        assert scheduler._scheduler.get_job("poll:x") is None and "poll:x" not in scheduler._first_runs
+        scheduler.every("poll:x", 0.2, poll, 10.0)  # and added again: scheduled as new
+        release.set()
+        await until(lambda: scheduler._scheduler is not None and scheduler._scheduler.get_job("poll:x") is not None,
+                    30, "the schedule after the new first run")
+    finally:
+        await scheduler.stop()

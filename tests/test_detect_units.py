@@ -103,6 +103,71 @@ def test_a_stopped_process_is_a_hang() -> None:
     assert 15 <= changes[0].t <= 18
 
 
+def _stopped_then_restarted(*, by_watchdog: bool) -> list:
+    """The bench's llama.cpp run (scripts/bench_recovery.py --mode act): pid 5464 stopped, seen so
+    by the process probe every 5 s; restarted through a command at 95.1 (a new pid 5594 on the same
+    port); a canary gets through at 96.1; the next poll (ready, 100.06) arrives a few ms before the
+    next process round names the new pid (100.07)."""
+    ok = {"model": "m", "ok": True, "ttft_s": 0.05, "tokens": 4, "tokens_per_s": 300.0}
+    records: list = [ProcessSample(t=t, target="srv", pid=5464, status="sleeping" if t < 90 else "stopped")
+                     for t in (80.0, 85.0, 90.0, 95.0)]
+    records += [poll(t, 4.0, running=0) for t in (80.1, 85.1)]
+    records += [ServerPoll(t=t, target="srv", state="error", error="timeout") for t in (90.1, 95.1)]
+    records += [Canary(t=96.1, target="srv", started=96.0, **ok),  # type: ignore[arg-type]
+                poll(100.06, 4.0, running=0),
+                ProcessSample(t=100.07, target="srv", pid=5594, status="sleeping"),
+                Canary(t=100.4, target="srv", started=100.37, **ok)]  # type: ignore[arg-type]
+    if by_watchdog:
+        records += [Event(t=95.2, target="srv", event="restart_started", extra={"by": "watchdog"}),
+                    Event(t=100.37, target="srv", event="restart_finished", extra={"by": "watchdog"})]
+    records += [ProcessSample(t=t, target="srv", pid=5594, status="sleeping") for t in (105.0, 110.0)]
+    records += [poll(t, 8.0, running=0) for t in (105.1, 110.1)]
+    return records
+
+
+@pytest.mark.parametrize("by_watchdog", [True, False], ids=["act-restart", "outside-restart"])
+def test_a_stopped_process_replaced_by_a_restart_is_not_hung_again(by_watchdog: bool) -> None:
+    # Before the fix the poll at 100.06 raised "process 5464 is stopped for 10 s" again from the
+    # samples of 90 and 95 (the pid already reaped), 5 ms before the new pid's sample cleared it.
+    e = engine("llamacpp")
+    changes = feed(e, _stopped_then_restarted(by_watchdog=by_watchdog))
+    hangs = [(c.finding, c.state, c.t) for c in changes if c.finding == "hang"]
+    assert hangs[0] == ("hang", "raised", 95.0) and "process 5464 is stopped" in changes[0].summary
+    assert [state for _, state, _ in hangs] == ["raised", "cleared"], changes
+
+
+def test_a_late_sample_of_the_stopped_pid_after_the_new_server_answered_is_no_hang() -> None:
+    # The GPU validation's llamacpp run (an outside restart, no restart events), in the order the
+    # pipeline took the records: the new server's first poll (its counter back to 0: "tokens flow
+    # again") at 78.029 came before the old pid's last process sample, stamped 78.019.
+    e = engine("llamacpp")
+    ordered: list = []
+    for t in range(60, 78):
+        ordered.append(ProcessSample(t=t + 0.019, target="srv", pid=4882, status="stopped" if t >= 66 else "sleeping"))
+        ordered.append(poll(t + 0.029, 500.0, running=0) if t < 66 else
+                       ServerPoll(t=t + 0.029, target="srv", state="error", error="timeout"))
+    ordered += [poll(78.029, 0.0, running=0),
+                ProcessSample(t=78.019, target="srv", pid=4882, status="stopped"),
+                poll(79.029, 0.0, running=0),
+                ProcessSample(t=79.019, target="srv", pid=4955, status="sleeping"),
+                poll(80.029, 0.0, running=0)]
+    changes = [c for record in ordered for c in e.feed(record)]
+    assert [(c.finding, c.state) for c in changes] == [("hang", "raised"), ("hang", "cleared")], changes
+    assert "tokens flow again" in changes[1].summary
+
+
+def test_a_process_stopped_again_after_answering_is_a_hang_again() -> None:
+    # Forgetting stale stopped samples must not hide a new stop: the server answers, then stops.
+    e = engine("llamacpp")
+    records: list = [ProcessSample(t=t, target="srv", pid=7, status="stopped" if t >= 30 else "sleeping")
+                     for t in range(0, 60, 5)]
+    records += [poll(t + 0.1, 4.0, running=0) for t in range(0, 30, 5)]
+    records += [ServerPoll(t=t + 0.1, target="srv", state="error", error="timeout") for t in range(30, 60, 5)]
+    changes = feed(e, records)
+    assert [(c.finding, c.state) for c in changes] == [("hang", "raised")]
+    assert 35 <= changes[0].t <= 41
+
+
 def test_startup_refusals_are_not_down_but_a_dead_process_is() -> None:
     e = engine("vllm")
     records = [ServerPoll(t=t, target="srv", state="down", error="refused") for t in range(0, 120, 5)]
@@ -236,3 +301,19 @@ def test_series_keeps_its_horizon_and_answers_newest_first() -> None:
     assert series.points[0] == (18.0, 180.0) and series.last() == (28.0, 280.0)  # 28 - 10 = 18 kept
     assert list(series.between(20.0, 24.0)) == [240.0, 220.0, 200.0]
     assert series.at_or_before(23.0) == 220.0 and series.at_or_before(17.0) is None
+
+
+def test_two_stopped_samples_a_few_ms_under_five_seconds_apart_are_a_hang() -> None:
+    # The process probe samples every 5 s, give or take a few ms. A target with no GPU samples in
+    # between (nothing else re-checks the rule) waited a third sample, 5 s later, when the second
+    # came 4.99 s after the first (seen in scripts/bench_recovery.py --mode act on llama.cpp).
+    e = engine("llamacpp")
+    records: list = [ProcessSample(t=t, target="srv", pid=7, status="sleeping") for t in (0.0, 5.0)]
+    records += [poll(t, 4.0, running=0) for t in (0.02, 5.02)]
+    records += [ProcessSample(t=9.93, target="srv", pid=7, status="stopped"),
+                ProcessSample(t=14.92, target="srv", pid=7, status="stopped"),
+                ServerPoll(t=14.93, target="srv", state="error", error="timeout"),
+                ProcessSample(t=19.92, target="srv", pid=7, status="stopped")]
+    changes = feed(e, records)
+    assert [(c.finding, c.state) for c in changes] == [("hang", "raised")]
+    assert changes[0].t == 14.92, changes

@@ -509,8 +509,7 @@ class Actor:
             since = self.host.clock()
             while loop.time() < deadline:
                 snap = self.host.snapshot(target)
-                fresh = snap is not None and (snap.poll_t is None or snap.poll_t > since)
-                if fresh and snap is not None and snap.state == "ready" and not snap.loading:
+                if _answers_since(snap, since):
                     break
                 await asyncio.sleep(self.poll_s)
             self._emit(target, "restart_finished")
@@ -551,8 +550,8 @@ class Actor:
         return False
 
     async def _canaries(self, target: str, *, deadline: float, tries: int = 2) -> tuple[bool, str]:
-        """Canaries until one passes, the grace is over and ``tries`` were made (a first canary
-        after a restart may meet a model still loading)."""
+        """Canaries until one passes, or the grace is over and ``tries`` were made: a server still
+        loading fails them without being judged until its grace ends."""
         loop = asyncio.get_running_loop()
         last = "no canary answered"
         made = 0
@@ -779,6 +778,22 @@ class Actor:
 
     async def _db(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+
+def _answers_since(snap: TargetSnapshot | None, since: float) -> bool:
+    """After a restart: the server said it is ready in a poll taken since ``since``, or a canary
+    got through since then. Time for the verification canary: it is the judge, and it is
+    retried until the grace ends, so a server still loading its model is never judged early.
+    (Waiting here until nothing looked like a load also waited out the loading window for
+    memory that only "rose" because the new pid was attributed at the next process round,
+    about 5 s on the GPU validation run; and the fresh poll alone waited a poll interval
+    although the scheduler's canary had already got through.)"""
+    if snap is None:
+        return False
+    if snap.canary_ok_t is not None and snap.canary_ok_t > since:
+        return True
+    fresh = snap.poll_t is None or snap.poll_t > since
+    return fresh and snap.state == "ready"
 
 
 __all__ = ["URGENT", "ActError", "Actor", "TargetSnapshot"]

@@ -70,6 +70,7 @@ class HubHost:
             findings=frozenset(f.finding for f in self.hub.active_findings() if f.target == target),
             model_vram=dict(view.model_vram),
             poll_t=view.poll.t if view.poll is not None else None,
+            canary_ok_t=view.last_canary.t if view.last_canary is not None and view.last_canary.ok else None,
         )
 
     def owner_of(self, pid: int) -> str | None:

@@ -39,6 +39,8 @@ class TargetSnapshot:
     model_vram: dict[str, float] = field(default_factory=dict)
     #: Daemon-clock time of the poll ``state`` comes from (None: unknown, taken as fresh).
     poll_t: float | None = None
+    #: Daemon-clock time of the last canary that got through (None: none yet).
+    canary_ok_t: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from watchdog.config.paths import CONFIG_ENV, DEFAULT_CONFIG_PATH
 from watchdog.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from watchdog.config.load import ConfigError, Problem, load_config, parse_config
+    from watchdog.config.load import load_config, parse_config
     from watchdog.config.model import (
         FINDINGS,
         SERVER_KINDS,
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
         DetectSettings,
         TargetSettings,
     )
+    from watchdog.config.read import ConfigError, Problem
 
 __getattr__ = lazy_exports(__name__, {
-    "ConfigError": "load", "Problem": "load", "load_config": "load", "parse_config": "load",
+    "ConfigError": "read", "Problem": "read", "load_config": "load", "parse_config": "load",
     "FINDINGS": "model", "SERVER_KINDS": "model", "CanarySettings": "model", "Config": "model",
     "DetectSettings": "model", "TargetSettings": "model",
 })

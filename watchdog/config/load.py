@@ -8,12 +8,7 @@ once, so one run of ``watchdogctl config check`` shows everything to fix.
 from __future__ import annotations
 
 import difflib
-import os
-import re
-import stat
-import tomllib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,34 +16,14 @@ from pydantic import BaseModel, ValidationError
 
 from watchdog.config.model import Config
 from watchdog.config.paths import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: F401 - re-exported
-
-MAX_CONFIG_BYTES = 1024 * 1024
-"""A config is a few kilobytes; anything above this is the wrong file (or /dev/zero)."""
-MAX_NESTING = 32
-"""Tables and arrays nested deeper than this are not a watchdog config (and would exhaust the stack)."""
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a config: where (a key path) and what."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-@dataclass
-class ConfigError(Exception):
-    """A config that cannot be used, with every problem found in it."""
-
-    file: str
-    problems: list[Problem] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return "\n".join(f"{self.file}: {problem}" for problem in self.problems)
+from watchdog.config.read import (  # noqa: F401 - re-exported
+    MAX_CONFIG_BYTES,
+    MAX_NESTING,
+    ConfigError,
+    Problem,
+    parse_toml,
+    read_config_bytes,
+)
 
 
 def load_config(path: str | Path) -> Config:
@@ -58,91 +33,9 @@ def load_config(path: str | Path) -> Config:
     return parse_config(raw_bytes, str(path))
 
 
-def read_config_bytes(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes, or ConfigError.
-
-    Opened non-blocking and checked with fstat before reading, so a FIFO (which would
-    wait forever for a writer), a device such as /dev/zero (endless) or a huge file is
-    refused instead of hanging or filling memory.
-    """
-    name = repr(str(path)) if "\x00" in str(path) else str(path)
-    if "\x00" in str(path):
-        raise ConfigError(name, [Problem("", "the path contains a NUL byte")])
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ConfigError(name, [Problem("", "file not found")]) from None
-    except IsADirectoryError:
-        raise ConfigError(name, [Problem("", "is a directory, expected a TOML file")]) from None
-    except OSError as exc:
-        raise ConfigError(name, [Problem("", f"cannot read: {exc.strerror}")]) from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ConfigError(name, [Problem("", "is a directory, expected a TOML file")])
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(name, [Problem("", "is not a regular file (a FIFO, socket or device): "
-                                                 "expected a TOML file")])
-        if info.st_size > limit:
-            raise ConfigError(name, [Problem("", f"is {info.st_size} bytes: a config is at most {limit} bytes")])
-        with os.fdopen(fd, "rb", closefd=True) as handle:
-            fd = -1
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise ConfigError(name, [Problem("", f"cannot read: {exc.strerror}")]) from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    if len(data) > limit:
-        raise ConfigError(name, [Problem("", f"is larger than {limit} bytes: a config is not that big")])
-    return data
-
-
 def parse_config(data: bytes | str, file: str = "<config>") -> Config:
     """Validate config text; ``file`` names it in errors."""
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigError(file, [Problem("", f"not UTF-8 text (byte {exc.start})")]) from None
-    else:
-        text = data
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(file, [Problem("", f"is larger than {MAX_CONFIG_BYTES} bytes: a config is not that big")])
-    if _bracket_depth(text) > MAX_NESTING * 2:
-        raise ConfigError(file, [Problem("", f"tables or arrays nested more than {MAX_NESTING} deep")])
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, [_syntax_problem(exc)]) from None
-    except RecursionError:
-        raise ConfigError(file, [Problem("", f"tables or arrays nested more than {MAX_NESTING} deep")]) from None
-    if _depth(raw) > MAX_NESTING:
-        raise ConfigError(file, [Problem("", f"tables or arrays nested more than {MAX_NESTING} deep")])
-    return validate_config(raw, file)
-
-
-def _bracket_depth(text: str) -> int:
-    """An upper bound on nesting from brackets and braces (strings included, so it over-counts):
-    cheap, and it stops tomllib from recursing a thousand levels before we can refuse."""
-    depth = deepest = 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth = max(0, depth - 1)
-    return deepest
-
-
-def _depth(node: Any, level: int = 0) -> int:
-    if level > MAX_NESTING:
-        return level
-    if isinstance(node, dict):
-        return max((_depth(v, level + 1) for v in node.values()), default=level + 1)
-    if isinstance(node, list):
-        return max((_depth(v, level + 1) for v in node), default=level + 1)
-    return level
+    return validate_config(parse_toml(data, file), file)
 
 
 def validate_config(raw: dict[str, Any], file: str = "<config>") -> Config:
@@ -158,15 +51,6 @@ def validate_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         raise ConfigError(file, _unique(problems))
     assert config is not None
     return config
-
-
-def _syntax_problem(exc: tomllib.TOMLDecodeError) -> Problem:
-    message = str(exc)
-    match = _TOML_POSITION.search(message)
-    if match:
-        message = message[: match.start()]
-        return Problem("", f"line {match.group(1)}, column {match.group(2)}: TOML syntax error: {message}")
-    return Problem("", f"TOML syntax error: {message}")
 
 
 def _duplicate_names(raw: dict[str, Any]) -> list[Problem]:

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from watchdog.config.durations import format_duration, parse_duration
+from watchdog.config.paths import DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR
 from watchdog.config.secrets import SecretRef
 
 SERVER_KINDS = ("ollama", "vllm", "llamacpp", "openai")
@@ -101,11 +102,11 @@ class Section(BaseModel):
 class WatchdogSettings(Section):
     """Global settings: where state lives, how it logs, default sampling cadence."""
 
-    state_dir: str = "/var/lib/inference-watchdog"
+    state_dir: str = DEFAULT_STATE_DIR
     log_format: Literal["auto", "text", "json"] = "auto"
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     host: str = ""
-    control_socket: str = "/run/inference-watchdog/control.sock"
+    control_socket: str = DEFAULT_CONTROL_SOCKET
     control_group: str = ""
     gpu_backend: Literal["auto", "nvml", "sim", "none"] = "auto"
     sim_gpu_dir: str = ""

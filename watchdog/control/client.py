@@ -1,5 +1,9 @@
 """Talking to the daemon over its control socket (synchronous: ``watchdogctl`` is a short program).
 
+HTTP/1.1 is spoken with ``h11``, the library the daemon's side of the socket uses: importing
+the standard library's ``http.client`` (with ``email`` and ``ssl``, neither of any use on a
+unix socket) cost ``watchdogctl status`` 20-35 ms of its 150 ms budget, h11 about 10 (issue 15).
+
 Every way of not reaching the daemon becomes :class:`DaemonUnreachable` with a
 message that says what to check; an error the daemon answered becomes
 :class:`ControlError` with its status and message.
@@ -8,20 +12,23 @@ message that says what to check; an error the daemon answered becomes
 from __future__ import annotations
 
 import errno
-import http.client
 import json as _jsonlib
 import os
 import socket
-import tempfile
+import stat
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import urlencode
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Self
 
-from watchdog.status.model import ReloadStatus, StatusSnapshot
+import h11
 
-if TYPE_CHECKING:  # imported where used: `watchdogctl status` has no use for the incident models
+from watchdog.config.paths import DEFAULT_CONTROL_SOCKET
+
+if TYPE_CHECKING:  # imported where used: `watchdogctl status` imports no pydantic model (issue 15)
+    from pathlib import Path
+
     from watchdog.incidents.model import Incident
+    from watchdog.status.model import ReloadStatus, StatusSnapshot
 
 SOCKET_ENV = "INFERENCE_WATCHDOG_SOCKET"
 
@@ -41,11 +48,19 @@ class ControlError(Exception):
 
 class ControlClient:
     def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
-        self.path = Path(path)
+        self.path = os.fspath(path)  # a str: pathlib costs `status` an import (issue 15)
         self.timeout = timeout
 
     def status(self) -> StatusSnapshot:
-        return StatusSnapshot.model_validate(self._json("GET", "/status"))
+        """The snapshot, validated into the pydantic models (for code that works with it)."""
+        from watchdog.status.model import StatusSnapshot
+
+        return StatusSnapshot.model_validate(self.status_data())
+
+    def status_data(self) -> Any:
+        """The snapshot as the daemon sent it, decoded JSON only: ``watchdogctl status`` shows it
+        through :func:`watchdog.status.view.snapshot_view` without importing pydantic."""
+        return self._json("GET", "/status")
 
     def incidents(self, since: str | None = None, limit: int = 50, timeline: bool = False) -> list[Incident]:
         params: dict[str, Any] = {"limit": limit, "timeline": int(timeline)}
@@ -64,24 +79,20 @@ class ControlClient:
     def trace(self, incident_id: int, out: BinaryIO) -> int:
         """Write the incident's recording (trace-v1) to ``out``; returns the bytes written."""
         written = 0
-        connection = self._connection()
-        try:
-            response = self._send(connection, "GET", f"/incidents/{int(incident_id)}/trace")
-            if response.status >= 400:
-                raise ControlError(response.status, _message(response.status, response.read(64 * 1024)))
-            while chunk := response.read(256 * 1024):
+        with self._exchange("GET", f"/incidents/{int(incident_id)}/trace") as answer:
+            if answer.status >= 400:
+                raise ControlError(answer.status, _message(answer.status, answer.read(64 * 1024)))
+            for chunk in answer.chunks():
                 out.write(chunk)
                 written += len(chunk)
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
-        finally:
-            connection.close()
         return written
 
     def save_trace(self, incident_id: int, path: str | Path) -> int:
         """Write the recording to ``path``, whole or not at all (a temporary file renamed into place)."""
-        path = Path(path)
-        handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=".trace-", delete=False)
+        import tempfile  # here: `status` has no use for it
+
+        handle = tempfile.NamedTemporaryFile("wb", dir=os.path.dirname(os.path.abspath(path)), prefix=".trace-",
+                                             delete=False)
         try:
             with handle:
                 size = self.trace(incident_id, handle)
@@ -92,6 +103,8 @@ class ControlClient:
         return size
 
     def reload(self) -> ReloadStatus:
+        from watchdog.status.model import ReloadStatus
+
         return ReloadStatus.model_validate(self._json("POST", "/reload"))
 
     def alert_test(self, sink: str | None = None, timeout: float = 20.0) -> list[dict[str, Any]]:
@@ -112,29 +125,38 @@ class ControlClient:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _connection(self) -> _UnixConnection:
+    def _exchange(self, method: str, url: str, body: bytes | None = None) -> _Answer:
+        """Send one request; the answer's status is read, its body is the caller's to read.
+        Every way of not reaching the daemon raises DaemonUnreachable."""
         self._check_socket()
-        return _UnixConnection(str(self.path), self.timeout)
-
-    def _send(self, connection: _UnixConnection, method: str, url: str,
-              body: bytes | None = None) -> http.client.HTTPResponse:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        connection.request(method, url, body=body, headers=headers)
-        return connection.getresponse()
+        headers = [("Host", "watchdog"), ("Connection", "close")]
+        if body is not None:
+            headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        sock = None
+        try:
+            sock = _connect(str(self.path), self.timeout)
+            h = h11.Connection(h11.CLIENT)
+            data = h.send(h11.Request(method=method, target=url, headers=headers))
+            if body:
+                data += h.send(h11.Data(data=body))
+            sock.sendall(data + h.send(h11.EndOfMessage()))
+            answer = _Answer(self, sock, h)
+            answer.start()
+        except (OSError, h11.ProtocolError) as exc:
+            if sock is not None:
+                sock.close()
+            raise self._unreachable(exc) from None
+        return answer
 
     def _json(self, method: str, url: str, params: dict[str, Any] | None = None, json: Any = None) -> Any:
         """A request with an optional JSON body (``json``, as httpx names it), answered with JSON."""
         if params:
+            from urllib.parse import urlencode
+
             url += "?" + urlencode(params)
         body = None if json is None else _jsonlib.dumps(json).encode()
-        connection = self._connection()
-        try:
-            response = self._send(connection, method, url, body)
-            status, data = response.status, response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._unreachable(exc) from None
-        finally:
-            connection.close()
+        with self._exchange(method, url, body) as answer:
+            status, data = answer.status, answer.read()
         if status >= 400:
             raise ControlError(status, _message(status, data))
         try:
@@ -143,12 +165,16 @@ class ControlClient:
             raise ControlError(status, "the daemon answered something that is not JSON") from None
 
     def _check_socket(self) -> None:
-        if not self.path.exists():
+        try:
+            mode = os.stat(self.path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
             raise DaemonUnreachable(
                 f"no daemon: {self.path} does not exist (is inference-watchdog running? "
                 "`systemctl status inference-watchdog`)"
-            )
-        if not self.path.is_socket():
+            ) from None
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        if not stat.S_ISSOCK(mode):
             raise DaemonUnreachable(f"{self.path} is not a socket (wrong control_socket?)")
         if not os.access(self.path, os.R_OK | os.W_OK):
             raise DaemonUnreachable(_permission(self.path))
@@ -171,33 +197,79 @@ class ControlClient:
         return DaemonUnreachable(f"cannot talk to the daemon on {self.path}: {type(exc).__name__}: {exc}")
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a unix socket: the standard library's client, no TLS, no proxies."""
+class _Answer:
+    """The daemon's answer to one request: its status, then its body read in chunks.
+    A context manager: the connection is closed when done (the daemon serves one request per
+    connection)."""
 
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("watchdog", timeout=timeout)
-        self.unix_path = path
+    def __init__(self, client: ControlClient, sock: socket.socket, h: h11.Connection) -> None:
+        self._client, self._sock, self._h = client, sock, h
+        self.status = 0
 
-    def connect(self) -> None:
-        """Connect, retrying while the daemon's backlog is full (EAGAIN on a unix socket) until
-        the timeout: a crowd of other clients delays ``status``, it does not fail it."""
-        deadline = time.monotonic() + (self.timeout or 10.0)
+    def start(self) -> None:
+        event = self._event()
+        while isinstance(event, h11.InformationalResponse):
+            event = self._event()
+        if not isinstance(event, h11.Response):
+            raise h11.RemoteProtocolError(f"expected an answer, got {type(event).__name__}")
+        self.status = event.status_code
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives; DaemonUnreachable if the connection fails or ends early."""
+        try:
+            while True:
+                event = self._event()
+                if isinstance(event, h11.Data):
+                    yield bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return
+        except (OSError, h11.ProtocolError) as exc:
+            raise self._client._unreachable(exc) from None
+
+    def read(self, limit: int | None = None) -> bytes:
+        """The body (its first ``limit`` bytes, if given)."""
+        data = bytearray()
+        for chunk in self.chunks():
+            data += chunk
+            if limit is not None and len(data) >= limit:
+                return bytes(data[:limit])
+        return bytes(data)
+
+    def _event(self) -> Any:
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self.unix_path)
-            except BlockingIOError:
-                sock.close()
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.02)
-                continue
-            except BaseException:
-                sock.close()
+            event = self._h.next_event()
+            if event is not h11.NEED_DATA:
+                if isinstance(event, h11.ConnectionClosed):
+                    raise h11.RemoteProtocolError("the daemon closed the connection before answering in full")
+                return event
+            self._h.receive_data(self._sock.recv(256 * 1024))  # b"": the daemon closed its end
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+
+def _connect(path: str, timeout: float) -> socket.socket:
+    """A connected unix socket, retrying while the daemon's backlog is full (EAGAIN on a unix
+    socket) until the timeout: a crowd of other clients delays ``status``, it does not fail it."""
+    deadline = time.monotonic() + (timeout or 10.0)
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() >= deadline:
                 raise
-            self.sock = sock
-            return
+            time.sleep(0.02)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
 def _os_error(exc: BaseException) -> OSError | None:
@@ -211,7 +283,7 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
-def _permission(path: Path) -> str:
+def _permission(path: str) -> str:
     return (
         f"permission denied on {path}: run as root or as a member of the socket's group "
         "([watchdog] control_group)"
@@ -228,25 +300,36 @@ def _message(status: int, body: bytes) -> str:
     return f"HTTP {status}"
 
 
-def resolve_socket_path(option: str | None, config_path: str, config_explicit: bool) -> str:
+def resolve_socket_path(option: str | None, config_path: str, config_explicit: bool, validate: bool = True) -> str:
     """Where the daemon's socket is: ``--socket``, else ``$INFERENCE_WATCHDOG_SOCKET``, else the config's
     ``control_socket``, else the default.
 
-    A config named explicitly (``--config``) must load (ConfigError otherwise); the
-    default one is used when readable and valid, and skipped otherwise: ``status``
-    must work for an operator who may not read /etc/inference-watchdog, and while
-    a broken edit waits to be reloaded (the daemon still runs on the old one).
+    A config named explicitly (``--config``) must be readable TOML with a usable
+    ``control_socket`` (ConfigError otherwise) and, with ``validate``, valid as a
+    whole. ``status`` passes ``validate=False``: it reads that one key without the
+    pydantic models (issue 15), and must reach a daemon still running on an older
+    config while a broken edit waits. The default config is used when readable and
+    skipped otherwise: ``status`` must work for an operator who may not read
+    /etc/inference-watchdog.
     """
-    from watchdog.config import ConfigError, load_config
-    from watchdog.config.model import WatchdogSettings
+    from watchdog.config.read import ConfigError, control_socket_in
 
     if option:
         return option
     if os.environ.get(SOCKET_ENV):
         return os.environ[SOCKET_ENV]
-    if config_explicit:
+    if config_explicit and validate:
+        from watchdog.config import load_config
+
         return load_config(config_path).watchdog.control_socket
     try:
-        return load_config(config_path).watchdog.control_socket
+        return control_socket_in(config_path)
     except ConfigError:
-        return WatchdogSettings().control_socket
+        if config_explicit:
+            raise
+        return DEFAULT_CONTROL_SOCKET
+
+
+def socket_from_config(option: str | None, config_explicit: bool) -> bool:
+    """Whether :func:`resolve_socket_path` takes the socket from a config named with ``--config``."""
+    return not option and not os.environ.get(SOCKET_ENV) and config_explicit

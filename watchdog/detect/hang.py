@@ -39,6 +39,14 @@ EXTRA_ERRORS_NEEDED = 1
 _NCCL_TIMEOUT = re.compile(r"(collective operation timeout|NCCL.*(timed? ?out|timeout)|Watchdog caught collective)", re.I)
 
 
+#: A process seen stopped in two samples this far apart is frozen, not paused for a moment.
+STOPPED_FOR_S = 5.0
+#: The process probe's samples are ``process_interval`` (5 s) apart give or take a few ms: two
+#: samples 4.99 s apart must count as 5 s (a strict comparison waited a third sample, 5 s more,
+#: in a quarter of the bench's SIGSTOPs on a target without GPU samples in between).
+SAMPLE_JITTER_S = 0.5
+
+
 class HangDetector(TargetDetector):
     finding = "hang"
 
@@ -48,6 +56,8 @@ class HangDetector(TargetDetector):
         self.errors: list[Canary] = []
         self.stopped_since: float | None = None
         self.stopped_samples = 0
+        #: When the last sample showed the process stopped (what ``stopped_since`` rests on).
+        self.stopped_seen: float | None = None
 
     def observe(self, record: Record) -> Verdict | None:
         view = self.view
@@ -55,6 +65,8 @@ class HangDetector(TargetDetector):
         if isinstance(record, Event) and record.event == "restart_finished":
             self._reset()
             return clear("the server was restarted") if self.active else None
+        if isinstance(record, Event) and record.event == "restart_started":
+            self._forget_stopped()  # the stopped process is being replaced: its samples say nothing now
         if isinstance(record, ProcessSample):
             if view.pid_changed_t == record.t or record.status == "gone":
                 self._reset()
@@ -65,8 +77,15 @@ class HangDetector(TargetDetector):
                 if self.stopped_since is None:
                     self.stopped_since = record.t
                 self.stopped_samples += 1
+                self.stopped_seen = record.t
             else:
-                self.stopped_since, self.stopped_samples = None, 0
+                self._forget_stopped()
+        if self._answered_since_stopped(record):
+            # A stopped process answers nothing: whatever answered after the last stopped sample
+            # is another process (a restart's new server, not yet sampled) or the same one
+            # resumed. The stopped samples are stale; judging by them raised a hang for a pid
+            # already reaped (a restart through a command, the next process round still to come).
+            self._forget_stopped()
         if isinstance(record, Canary):
             verdict = self._take_canary(record)
             if verdict is not None:
@@ -86,7 +105,21 @@ class HangDetector(TargetDetector):
     def _reset(self) -> None:
         self.failures.clear()
         self.errors.clear()
-        self.stopped_since, self.stopped_samples = None, 0
+        self._forget_stopped()
+
+    def _forget_stopped(self) -> None:
+        self.stopped_since, self.stopped_samples, self.stopped_seen = None, 0, None
+
+    def _answered_since_stopped(self, record: Record) -> bool:
+        """The server answered after the last sample that showed its process stopped."""
+        seen = self.stopped_seen
+        if seen is None:
+            return False
+        if isinstance(record, Canary):
+            return record.ok and record.t > seen  # a whole answer (tokens alone may predate the stop)
+        if isinstance(record, ServerPoll):
+            return record.state in ("ready", "loading") and record.t > seen
+        return False
 
     def _take_canary(self, canary: Canary) -> Verdict | None:
         loading = self.view.loading(canary.start - 5.0, canary.t)
@@ -118,8 +151,10 @@ class HangDetector(TargetDetector):
     def _frozen(self, t: float) -> Verdict | None:
         if self.stopped_since is None or self.stopped_samples < 2 or not self._holds_work():
             return None
+        if self.view.restarting(t, 0.0):
+            return None  # being restarted: the stopped process is on its way out
         frozen_for = t - self.stopped_since
-        if frozen_for < min(self.settings.stall_after, 5.0):
+        if frozen_for < min(self.settings.stall_after, STOPPED_FOR_S) - SAMPLE_JITTER_S:
             return None
         view = self.view
         return raise_(

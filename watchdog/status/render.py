@@ -8,6 +8,7 @@ check`` (a snapshot from one round without a daemon) and the daemon's systemd
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,14 +16,18 @@ from rich.table import Table
 from rich.text import Text
 
 from watchdog.config.durations import format_duration
-from watchdog.status.model import (
-    ActiveFinding,
-    GpuStatus,
-    IncidentRef,
-    StatusSnapshot,
-    TargetStatus,
-)
 from watchdog.status.summary import exit_code_for, summary_line  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    # Either form of a snapshot: the pydantic models (the daemon, `check`, the demo) or their
+    # plain views (`watchdogctl status`, which must not import pydantic: issue 15). Same fields.
+    from watchdog.status import model, view
+
+    StatusSnapshot = model.StatusSnapshot | view.StatusSnapshot
+    TargetStatus = model.TargetStatus | view.TargetStatus
+    GpuStatus = model.GpuStatus | view.GpuStatus
+    IncidentRef = model.IncidentRef | view.IncidentRef
+    ActiveFinding = model.ActiveFinding | view.ActiveFinding
 
 _STYLE = {"ok": "green", "degraded": "yellow", "critical": "bold red", "unknown": "dim"}
 

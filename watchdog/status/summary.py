@@ -3,8 +3,14 @@ writes the line to systemd and its log, and importing rich would cost it memory 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from watchdog.exitcodes import EXIT_CRITICAL, EXIT_DEGRADED, EXIT_OK
-from watchdog.status.model import StatusSnapshot
+
+if TYPE_CHECKING:  # either form: `watchdogctl status` reads a plain view, without pydantic (issue 15)
+    from watchdog.status import model, view
+
+    StatusSnapshot = model.StatusSnapshot | view.StatusSnapshot
 
 
 def exit_code_for(snapshot: StatusSnapshot) -> int:
