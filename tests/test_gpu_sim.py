@@ -7,10 +7,12 @@ processes, so attribution by process tree is real too.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 import psutil
+import pytest
 
 from tests.simulator import Simulator, sim_factory  # noqa: F401 - the fixture
 from tests.support import wait_for
@@ -150,3 +152,44 @@ async def test_a_missing_simulated_gpu_is_no_driver(tmp_path: Any) -> None:
         assert await probe.round() == [] and "no NVIDIA driver" in probe.status
     finally:
         probe.close()
+
+
+def test_xid_watch_stats_state_rewrites_and_reads_only_a_new_xid(sim_factory: Any, monkeypatch: Any) -> None:  # noqa: F811
+    """The simulator rewrites its state file every 0.25 s; the simulated NVML's XID watcher
+    must read no file for that (only its small XID file, and only when an XID is injected):
+    this was a seventh of the daemon's CPU in the footprint benchmark (issue 15)."""
+    import pynvml
+
+    import watchdog.sim.nvml as sim_nvml
+
+    sim = sim_factory("vllm", *FAST)
+    state = sim.gpu_state
+    wait_for(lambda: state.with_suffix(".xids").exists(), 10, "the simulator's XID file")
+    reads: list[str] = []
+    real_read = sim_nvml._read_bytes
+
+    def counting(path: str, size_hint: int) -> bytes:
+        reads.append(os.path.basename(path))
+        return real_read(path, size_hint)
+
+    monkeypatch.setattr(sim_nvml, "_read_bytes", counting)
+    nvml = SimNvml(sim.gpu_dir)
+    nvml.nvmlInit()
+    events = nvml.nvmlEventSetCreate()
+    nvml.nvmlDeviceRegisterEvents(nvml.nvmlDeviceGetHandleByIndex(0), pynvml.nvmlEventTypeXidCriticalError, events)
+    assert reads == [state.with_suffix(".xids").name]  # the baseline, from the XID file alone
+    reads.clear()
+    before = state.stat().st_mtime_ns
+    for _ in range(3):  # about 3 s of state-file rewrites
+        with pytest.raises(pynvml.NVMLError_Timeout):
+            nvml.nvmlEventSetWait_v2(events, 1000)
+    assert state.stat().st_mtime_ns != before, "the simulator did not rewrite its state file"
+    assert reads == []
+    sim.inject("xid", xid=48)
+    event = nvml.nvmlEventSetWait_v2(events, 10_000)
+    assert (event.eventType, event.eventData, event.device.index) == (pynvml.nvmlEventTypeXidCriticalError, 48, 0)
+    assert set(reads) == {state.with_suffix(".xids").name}
+    with pytest.raises(pynvml.NVMLError_Timeout):
+        nvml.nvmlEventSetWait_v2(events, 600)  # reported once
+    nvml.nvmlEventSetFree(events)
+    nvml.nvmlShutdown()

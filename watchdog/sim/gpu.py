@@ -3,6 +3,9 @@
 The engine says what it holds and how busy it is (:class:`GpuSnapshot`); this
 module turns that into what a GPU would show (temperature and power follow
 utilisation) and writes it atomically at least every 0.5 s and on every change.
+The XIDs also go to a small file of their own (``<instance>.xids``), rewritten only
+when one is injected, so the simulated NVML's event watcher can stat it instead of
+reading the state file four times a second (issue 15).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class GpuStateWriter:
 
     def __init__(self, path: Path, devices: list[GpuDevice], snapshot: Callable[[], GpuSnapshot]):
         self.path = path
+        self.xids_path = xids_path_for(path)
         self.devices = devices
         self._snapshot = snapshot
         self.xids: list[dict[str, object]] = []
@@ -75,6 +79,7 @@ class GpuStateWriter:
             self.ecc_dbe[index] = self.ecc_dbe.get(index, 0) + 1
         if xid == 79:  # fallen off the bus
             self.lost.add(index)
+        self.write_xids()
         self.write_now()
         return event
 
@@ -113,15 +118,20 @@ class GpuStateWriter:
         }
 
     def write_now(self) -> None:
-        data = json.dumps(self.state(), separators=(",", ":"))
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(data, encoding="utf-8")
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # the next tick tries again; a full disk must not stop the server
+        _write_atomic(self.path, json.dumps(self.state(), separators=(",", ":")))
+
+    def write_xids(self) -> None:
+        """The XID file, written before the state file that also carries the XIDs. If it cannot
+        be written it is removed, so the reader falls back to the state file and misses nothing."""
+        data = json.dumps({"version": 1, "writer_pid": os.getpid(), "xids": self.xids}, separators=(",", ":"))
+        if not _write_atomic(self.xids_path, data):
+            try:
+                self.xids_path.unlink()
+            except OSError:
+                pass
 
     async def run(self) -> None:
+        self.write_xids()
         while True:
             self.write_now()
             self._changed.clear()
@@ -132,8 +142,24 @@ class GpuStateWriter:
                 pass
 
     def remove(self) -> None:
-        """On a clean shutdown the GPU is given back: the file goes."""
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
+        """On a clean shutdown the GPU is given back: the files go."""
+        for path in (self.path, self.xids_path):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def xids_path_for(state_path: Path) -> Path:
+    """``<instance>.xids`` beside ``<instance>.json`` (not ``.json``: state-file readers skip it)."""
+    return state_path.with_suffix(".xids")
+
+
+def _write_atomic(path: Path, data: str) -> bool:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False  # the next tick tries again; a full disk must not stop the server
