@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -103,7 +102,6 @@ class SimEventSet:
     pending: list[SimEventData] = field(default_factory=list)
     freed: bool = False
     stamps: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (inode, mtime_ns, size) read
-    tails: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # name -> (writer, xids text) parsed
 
 
 def pid_alive(pid: int) -> bool:
@@ -118,21 +116,6 @@ def pid_alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-
-
-_WRITER = re.compile(rb'"writer_pid"\s*:\s*(-?[0-9]+)')
-_XIDS = b'"xids"'
-
-
-def _xid_text(raw: bytes) -> tuple[bytes, bytes] | None:
-    """The writer and everything from the last ``"xids"`` on, as bytes: while both are the same
-    as at the last parse, the file holds no new XIDs (the writers put ``xids`` last). None
-    when either is not found (the file is then parsed)."""
-    at = raw.rfind(_XIDS)
-    writer = _WRITER.search(raw)
-    if at < 0 or writer is None:
-        return None
-    return writer.group(1), raw[at:]
 
 
 def _read_bytes(path: str, size_hint: int) -> bytes:
@@ -420,20 +403,12 @@ class SimNvml:
                 raw = _read_bytes(entry.path, st.st_size)
             except OSError:
                 continue
-            tail = _xid_text(raw)
-            if tail is not None and event_set.tails.get(entry.name) == tail:
-                event_set.stamps[entry.name] = stamp  # the same writer and XIDs: nothing new
-                continue
             try:
                 data = json.loads(raw)
                 writer = int(data["writer_pid"])
             except (ValueError, KeyError, TypeError):
                 continue  # half-written: read it again next time
             event_set.stamps[entry.name] = stamp
-            if tail is not None:
-                event_set.tails[entry.name] = tail
-            else:
-                event_set.tails.pop(entry.name, None)
             if pid_alive(writer):
                 changed.append((f"{key}:{writer}", data))
         return changed
