@@ -55,9 +55,9 @@ def test_garbage_is_not_read_as_metrics(body: str) -> None:
         parse_sums(body, ["x"])
 
 
-def test_bodies_off_the_fast_path_read_as_line_by_line() -> None:
-    """The whole-body check (issue 15) takes only plain bodies; CRLF line ends, padded or odd
-    numbers and line breaks hidden in comments go line by line, with the same result."""
+def test_odd_but_valid_bodies_read_as_plain_ones_and_garbage_names_its_line() -> None:
+    """CRLF line ends, padded or odd numbers and a line break hidden in a comment are read as a
+    plain body is; a bad line is named by its number."""
     wanted = ["vllm:num_requests_running", "vllm:num_requests_waiting"]
     plain = 'vllm:num_requests_running{e="0"} 2\nvllm:num_requests_waiting 1e1\n# c\n'
     assert parse_sums(plain, wanted) == {"vllm:num_requests_running": 2.0, "vllm:num_requests_waiting": 10.0}
