@@ -23,6 +23,7 @@ from watchdog.config.read import (  # noqa: F401 - re-exported
     Problem,
     parse_toml,
     read_config_bytes,
+    show_value,
 )
 
 
@@ -99,30 +100,30 @@ def _describe(error: Any, raw: dict[str, Any]) -> Problem:
     if kind == "missing":
         return Problem(path, "required key is missing")
     if kind == "literal_error":
-        return Problem(path, f"expected one of {_quoted(ctx.get('expected', ''))}, got {_show(value)}")
+        return Problem(path, f"expected one of {_quoted(ctx.get('expected', ''))}, got {show_value(value)}")
     if kind in ("union_tag_invalid",):
         return Problem(path + ".kind" if path else "kind",
-                       f"expected one of {_quoted(ctx.get('expected_tags', ''))}, got {_show(ctx.get('tag'))}")
+                       f"expected one of {_quoted(ctx.get('expected_tags', ''))}, got {show_value(ctx.get('tag'))}")
     if kind == "union_tag_not_found":
         return Problem(path + ".kind" if path else "kind", "required key is missing")
     if kind in ("int_parsing", "int_type", "int_from_float"):
-        return Problem(path, f"expected a whole number, got {_show(value)}")
+        return Problem(path, f"expected a whole number, got {show_value(value)}")
     if kind == "finite_number":
-        return Problem(path, f"expected a finite number, got {_show(value)}")
+        return Problem(path, f"expected a finite number, got {show_value(value)}")
     if kind in ("float_parsing", "float_type"):
-        return Problem(path, f"expected a number, got {_show(value)}")
+        return Problem(path, f"expected a number, got {show_value(value)}")
     if kind in ("bool_parsing", "bool_type"):
-        return Problem(path, f"expected true or false, got {_show(value)}")
+        return Problem(path, f"expected true or false, got {show_value(value)}")
     if kind == "string_type":
-        return Problem(path, f"expected text, got {_show(value)}")
+        return Problem(path, f"expected text, got {show_value(value)}")
     if kind == "list_type":
-        return Problem(path, f"expected a list, got {_show(value)}")
+        return Problem(path, f"expected a list, got {show_value(value)}")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return Problem(path, f"expected a table, got {_show(value)}")
+        return Problem(path, f"expected a table, got {show_value(value)}")
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()), "?")
-        return Problem(path, f"expected a value {sign} {bound}, got {_show(value)}")
+        return Problem(path, f"expected a value {sign} {bound}, got {show_value(value)}")
     if kind == "too_short":
         return Problem(path, f"expected at least {ctx.get('min_length', 1)} item(s)")
     del node
@@ -208,15 +209,3 @@ def _suggestion(key: str, candidates: list[str]) -> str:
 
 def _quoted(expected: str) -> str:
     return expected.replace("'", '"')
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)

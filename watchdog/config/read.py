@@ -159,18 +159,21 @@ def control_socket_in(path: str | Path) -> str:
     raw = parse_toml(read_config_bytes(path), str(path))
     section = raw.get("watchdog", {})
     if not isinstance(section, dict):
-        raise ConfigError(str(path), [Problem("watchdog", f"expected a table, got {_kind(section)}")])
+        raise ConfigError(str(path), [Problem("watchdog", f"expected a table, got {show_value(section)}")])
     socket = section.get("control_socket", DEFAULT_CONTROL_SOCKET)
     if not isinstance(socket, str):
-        raise ConfigError(str(path), [Problem("watchdog.control_socket", f"expected text, got {_kind(socket)}")])
+        raise ConfigError(str(path), [Problem("watchdog.control_socket", f"expected text, got {show_value(socket)}")])
     return socket
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, list):
-        return "a list"
+def show_value(value: Any) -> str:
+    """A TOML value as an error message names it: text quoted, tables and lists by kind."""
+    if isinstance(value, str):
+        return f'"{value}"'
     if isinstance(value, dict):
         return "a table"
+    if isinstance(value, list):
+        return "a list"
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value)
