@@ -40,7 +40,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
@@ -58,10 +57,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_daemon import canary_seconds
-from benchlib import machine, table
+from benchlib import machine, start_daemon, stop_daemon, table
 
 from watchdog.config.model import CanarySettings
-from watchdog.control.client import ControlClient, DaemonUnreachable
+from watchdog.control.client import ControlClient
 from watchdog.probes.adapters import CanaryChoice
 from watchdog.probes.openai import openai_canary_requests
 from watchdog.sim.launch import Simulator
@@ -170,38 +169,14 @@ def start_llama(args: argparse.Namespace, work: Path) -> LlamaServer:
     return LlamaServer(binary, model, work, shlex.split(args.server_args), args.threads)
 
 
-def start_daemon(work: Path, targets: list[tuple[str, str, str]], gpu_backend: str) -> tuple[subprocess.Popen, ControlClient]:
+def start_watchdog(work: Path, targets: list[tuple[str, str, str]], gpu_backend: str) -> tuple[subprocess.Popen, ControlClient]:
     lines = ["[watchdog]", f'state_dir = "{work / "state"}"', f'control_socket = "{work / "control.sock"}"',
              f'gpu_backend = "{gpu_backend}"', 'log_format = "json"', "[policy]", 'mode = "observe"']
     for name, kind, url in targets:
         lines += ["[[targets]]", f'name = "{name}"', f'kind = "{kind}"', f'url = "{url}"']
     config = work / "watchdog.toml"
     config.write_text("\n".join(lines) + "\n")
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    with open(work / "daemon.log", "wb") as log:
-        daemon = subprocess.Popen([sys.executable, "-m", "watchdog", "--config", str(config), "run"],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
-    client = ControlClient(work / "control.sock")
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if client.status().daemon.ready:
-                return daemon, client
-        except DaemonUnreachable:
-            pass
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the daemon did not become ready; see {work / 'daemon.log'}")
-        time.sleep(0.2)
-
-
-def stop_daemon(daemon: subprocess.Popen) -> None:
-    if daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+    return start_daemon(config, work)
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -281,7 +256,7 @@ def main() -> None:
                 if kind == "ollama":  # a model held loaded, so canaries go out
                     httpx.post(f"{sim.url}/api/generate", json={"model": sim.model, "prompt": "hi", "stream": False,
                                                                  "keep_alive": -1}, timeout=60)
-        daemon, client = start_daemon(work, targets, args.gpu_backend)
+        daemon, client = start_watchdog(work, targets, args.gpu_backend)
         time.sleep(args.settle)
         before: dict[str, Any] = {}
         for name, kind, url in targets:

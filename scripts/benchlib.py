@@ -85,6 +85,37 @@ def gpu_sets(targets: int, gpus: int) -> list[list[int]]:
     return sets
 
 
+def start_daemon(config: Path, work: Path, ready_timeout: float = 120.0) -> tuple[subprocess.Popen, ControlClient]:
+    """``watchdogctl run`` on ``config`` as a subprocess (its log in ``work/daemon.log``), once it says ready."""
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    with open(work / "daemon.log", "wb") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "watchdog", "--config", str(config), "run"],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+    client = ControlClient(work / "control.sock")
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        try:
+            if client.status().daemon.ready:
+                return daemon, client
+        except DaemonUnreachable:
+            pass
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            stop_daemon(daemon)
+            raise SystemExit(f"the daemon did not become ready; see {work / 'daemon.log'}")
+        time.sleep(0.2)
+
+
+def stop_daemon(daemon: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+
+
 @contextmanager
 def fleet(targets: int, gpus: int, *, extra_config: list[str] = (), sim_args: dict[int, list[str]] | None = None,
           ready_timeout: float = 120.0) -> Iterator[Fleet]:
@@ -114,30 +145,11 @@ def fleet(targets: int, gpus: int, *, extra_config: list[str] = (), sim_args: di
                                                              "keep_alive": -1}, timeout=60)
         config = work / "watchdog.toml"
         config.write_text("\n".join(lines) + "\n")
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)
-        log = open(work / "daemon.log", "wb")  # noqa: SIM115 - closed below
-        daemon = subprocess.Popen([sys.executable, "-m", "watchdog", "--config", str(config), "run"],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
-        client = ControlClient(work / "control.sock")
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            try:
-                if client.status().daemon.ready:
-                    break
-            except DaemonUnreachable:
-                pass
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the daemon did not become ready; see {work / 'daemon.log'}")
-            time.sleep(0.2)
+        daemon, client = start_daemon(config, work, ready_timeout)
         yield Fleet(work, daemon, client, sims, config)
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+        if daemon is not None:
+            stop_daemon(daemon)
         for sim in sims:
             sim.stop()
 
