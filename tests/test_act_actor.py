@@ -297,11 +297,18 @@ async def test_a_restarted_server_that_says_it_is_loading_gets_no_canary_until_r
     counter = tmp_path / "runs"
     host, incidents, actor = await world(config_text(counter).replace('grace = "1s"', 'grace = "1h"'))
     state = {"now": "loading"}
-    host.after_restart = lambda: TargetSnapshot(state=state["now"], loading=state["now"] == "loading",
-                                                models=("m",), findings=frozenset({"hang"}))
+    looks = [0]
+
+    def after_restart() -> TargetSnapshot:
+        looks[0] += 1
+        return TargetSnapshot(state=state["now"], loading=state["now"] == "loading", models=("m",),
+                              findings=frozenset({"hang"}))
+
+    host.after_restart = after_restart
     await raise_finding(incidents, host)
     await wait_until(lambda: actor.machine("llm").state == State.VERIFYING, what="verifying")
-    await asyncio.sleep(0.5)
+    seen = looks[0]
+    await wait_until(lambda: looks[0] >= seen + 5, what="the actor looking at the loading server again")
     assert host.canaries == 0 and runs(counter) == 1
     state["now"] = "ready"
     await wait_until(lambda: any(t.new == State.RECOVERED for t in actor.machine("llm").history), 60,

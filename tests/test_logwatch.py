@@ -171,6 +171,15 @@ async def test_a_quiet_file_is_watched_in_the_worker_without_hops_onto_the_loop(
         return submit(*args)
 
     source._runner.submit = counting  # type: ignore[method-assign]
+    looks = 0
+    step = source._step
+
+    def counting_step(*args: Any) -> Any:
+        nonlocal looks
+        looks += 1
+        return step(*args)
+
+    source._step = counting_step  # type: ignore[method-assign]
     lines: list[str] = []
 
     async def read() -> None:
@@ -180,7 +189,7 @@ async def test_a_quiet_file_is_watched_in_the_worker_without_hops_onto_the_loop(
     task = asyncio.create_task(read())
     try:
         await asyncio.wait_for(source.ready.wait(), 5)
-        await asyncio.sleep(1.0)  # 50 looks or more at 0.02 s
+        await until(lambda: looks >= 50, 10.0, f"50 looks at the quiet file, have {looks}")
         assert hops <= 3, hops  # the open, then one watch still running
         append(path, OOM)
         await until(lambda: lines == [OOM], 5.0, f"the line, have {lines}")
